@@ -1,0 +1,119 @@
+"""FedAvg and the FedOpt family.
+
+FedAvg: McMahan et al. 2017, "Communication-Efficient Learning of Deep
+Networks from Decentralized Data". FedOpt: Reddi et al. 2021, "Adaptive
+Federated Optimization": clients run local optimization from the global
+model, the server treats the negated (weighted) mean client delta as a
+pseudo-gradient and applies a server optimizer to it: SGD with learning rate
+1 is FedAvg, SGD with momentum is FedAvgM (Hsu et al. 2019), and the adaptive
+forms are FedAdagrad, FedYogi and FedAdam.
+"""
+
+from typing import Any, Callable
+
+import chex
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedjax_core.algorithm import Algorithm, Batch, ClientInfo, ClientOutput
+from fedjax_core import losses
+
+PyTree = Any
+ApplyFn = Callable[[PyTree, jax.Array], jax.Array]
+
+
+@flax.struct.dataclass
+class ServerState:
+  """The global model and the server optimizer's state."""
+
+  params: PyTree
+  opt_state: optax.OptState
+
+
+@flax.struct.dataclass
+class LocalState:
+  """A client's model and optimizer state during local training."""
+
+  params: PyTree
+  opt_state: optax.OptState
+
+
+def fedavg(apply_fn: ApplyFn, client_optimizer: optax.GradientTransformation,
+           server_optimizer: optax.GradientTransformation, *,
+           weighted: bool = True) -> Algorithm:
+  """FedAvg / FedOpt with the given client and server optimizers.
+
+  Client i starts from the global model x, runs local steps of
+  `client_optimizer` on the masked cross-entropy, and sends
+  `delta_i = x - y_i` (the sum of its local updates, negated). The server
+  computes `g = sum_i w_i delta_i / sum_i w_i` with `w_i` the client's example
+  count (or 1 if not `weighted`) and applies `server_optimizer` to `g`.
+
+  Args:
+    apply_fn: `(params, x) -> logits` of the model.
+    client_optimizer: local optax transform (its state restarts each round).
+    server_optimizer: optax transform applied to the pseudo-gradient.
+    weighted: weight clients by example count (FedAvg) or equally.
+
+  Returns:
+    The algorithm's pure functions.
+
+  Examples:
+    >>> from fedjax_core import optimizers
+    >>> algorithm = fedavg(model.apply, optimizers.client_optimizer('sgd', 0.1),
+    ...                    optimizers.server_optimizer('adam', 0.01))
+  """
+
+  def server_init(params, rng):
+    del rng
+    return ServerState(params=params,
+                       opt_state=server_optimizer.init(params))
+
+  def client_state_init(params):
+    del params
+    return ()
+
+  def client_init(server_state, client_state, rng):
+    del client_state, rng
+    params = server_state.params
+    return LocalState(params=params, opt_state=client_optimizer.init(params))
+
+  def loss_fn(params, batch: Batch):
+    logits = apply_fn(params, batch.x)
+    loss = losses.softmax_cross_entropy(logits, batch.y, batch.mask)
+    return loss, losses.accuracy(logits, batch.y, batch.mask)
+
+  def local_step(local, batch, rng):
+    del rng
+    (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        local.params, batch)
+    updates, opt_state = client_optimizer.update(grads, local.opt_state,
+                                                 local.params)
+    params = optax.apply_updates(local.params, updates)
+    return LocalState(params, opt_state), {'loss': loss, 'accuracy': acc}
+
+  def client_final(server_state, client_state, local, info: ClientInfo):
+    del client_state
+    delta = jax.tree.map(jnp.subtract, server_state.params, local.params)
+    weight = info.num_examples if weighted else jnp.float32(1.0)
+    return ClientOutput(message=delta, weight=weight, client_state=(),
+                        metrics={'delta_norm': optax.global_norm(delta)})
+
+  def server_update(server_state, mean_delta):
+    chex.assert_trees_all_equal_shapes(mean_delta, server_state.params)
+    updates, opt_state = server_optimizer.update(
+        mean_delta, server_state.opt_state, server_state.params)
+    params = optax.apply_updates(server_state.params, updates)
+    return (ServerState(params=params, opt_state=opt_state),
+            {'server_update_norm': optax.global_norm(updates)})
+
+  return Algorithm(
+      server_init=server_init,
+      client_state_init=client_state_init,
+      client_init=client_init,
+      local_step=local_step,
+      client_final=client_final,
+      server_update=server_update,
+      server_params=lambda server_state: server_state.params)

@@ -1,0 +1,51 @@
+"""fedjax_core: the engine of a JAX-native federated learning simulator."""
+
+from fedjax_core.algorithm import Algorithm
+from fedjax_core.algorithm import Batch
+from fedjax_core.algorithm import ClientInfo
+from fedjax_core.algorithm import ClientOutput
+from fedjax_core.batching import CohortBatches
+from fedjax_core.batching import cohort_batches
+from fedjax_core.batching import num_local_steps
+from fedjax_core.checkpointing import Checkpointer
+from fedjax_core.data import FederatedDataset
+from fedjax_core.evaluation import Evaluator
+from fedjax_core.metrics_writer import MetricsWriter
+from fedjax_core.metrics_writer import read_metrics
+from fedjax_core.placement import client_mesh
+from fedjax_core.placement import map_clients
+from fedjax_core.placement import reduce_sum
+from fedjax_core.placement import reduce_weighted_mean
+from fedjax_core.rounds import CompiledRound
+from fedjax_core.rounds import RoundInputs
+from fedjax_core.sampling import sample_clients
+from fedjax_core.simulation import Simulation
+from fedjax_core.simulation import SimulationConfig
+from fedjax_core.simulation import TrainingDivergedError
+from fedjax_core.state_store import ClientStateStore
+
+__all__ = (
+    'Algorithm',
+    'Batch',
+    'Checkpointer',
+    'ClientInfo',
+    'ClientOutput',
+    'ClientStateStore',
+    'CohortBatches',
+    'CompiledRound',
+    'Evaluator',
+    'FederatedDataset',
+    'MetricsWriter',
+    'RoundInputs',
+    'Simulation',
+    'SimulationConfig',
+    'TrainingDivergedError',
+    'client_mesh',
+    'cohort_batches',
+    'map_clients',
+    'num_local_steps',
+    'read_metrics',
+    'reduce_sum',
+    'reduce_weighted_mean',
+    'sample_clients',
+)

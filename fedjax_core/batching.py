@@ -1,0 +1,115 @@
+"""Static-shape local-training batches for a cohort.
+
+Every client of every round gets a `[num_steps, batch_size]` array of row
+indices into the training arrays plus a mask, so the compiled round sees one
+shape for the whole run. Local training is either `local_epochs` passes over
+the client's data (ceil(n_i / B) * E real steps for client i, the last batch
+of each pass partial, the remaining steps masked) or exactly `local_steps`
+steps drawn from successive shuffles of the client's data. The shuffles are a
+pure function of `(seed, round, client)`, so a resumed run replays them.
+"""
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+
+class CohortBatches(NamedTuple):
+  """Row indices and masks of one round's local training.
+
+  Attributes:
+    indices: `[cohort, num_steps, batch_size]` int32 rows of the training
+      arrays (0 where masked).
+    mask: `[cohort, num_steps, batch_size]` float32, 1.0 for real examples.
+  """
+
+  indices: np.ndarray
+  mask: np.ndarray
+
+
+def num_local_steps(client_sizes: np.ndarray, batch_size: int,
+                    local_epochs: int | None = None,
+                    local_steps: int | None = None) -> int:
+  """The static number of local steps that fits every client.
+
+  Args:
+    client_sizes: `[num_clients]` training examples per client.
+    batch_size: local batch size B.
+    local_epochs: E passes over the data; exclusive with `local_steps`.
+    local_steps: fixed step count; exclusive with `local_epochs`.
+
+  Returns:
+    `max_i ceil(n_i / B) * E`, or `local_steps`.
+  """
+  if (local_epochs is None) == (local_steps is None):
+    raise ValueError('Set exactly one of local_epochs and local_steps.')
+  if batch_size < 1:
+    raise ValueError(f'batch_size must be positive, got {batch_size}.')
+  if batch_size > int(np.max(client_sizes)):
+    raise ValueError(
+        f'batch_size {batch_size} is larger than every client (the largest '
+        f'has {int(np.max(client_sizes))} examples); use a smaller '
+        '--batch_size or fewer clients.')
+  if local_steps is not None:
+    if local_steps < 1:
+      raise ValueError(f'local_steps must be positive, got {local_steps}.')
+    return local_steps
+  if local_epochs < 1:
+    raise ValueError(f'local_epochs must be positive, got {local_epochs}.')
+  return max(math.ceil(int(n) / batch_size) for n in client_sizes) * local_epochs
+
+
+def _epoch_batches(rows: np.ndarray, rng: np.random.Generator,
+                   batch_size: int, local_epochs: int) -> list[np.ndarray]:
+  """E shuffled passes over `rows`, each cut into batches of B (last partial)."""
+  batches = []
+  for _ in range(local_epochs):
+    perm = rng.permutation(rows)
+    batches.extend(np.split(perm, range(batch_size, len(perm), batch_size)))
+  return batches
+
+
+def _step_batches(rows: np.ndarray, rng: np.random.Generator,
+                  batch_size: int, local_steps: int) -> list[np.ndarray]:
+  """`local_steps` batches of min(B, n) rows from successive shuffles."""
+  width = min(batch_size, len(rows))
+  passes = math.ceil(local_steps * width / len(rows))
+  stream = np.concatenate([rng.permutation(rows) for _ in range(passes)])
+  return list(stream[:local_steps * width].reshape(local_steps, width))
+
+
+def cohort_batches(client_indices: tuple[np.ndarray, ...],
+                   client_ids: np.ndarray, *, seed: int, round_num: int,
+                   batch_size: int, num_steps: int,
+                   local_epochs: int | None = None,
+                   local_steps: int | None = None) -> CohortBatches:
+  """Builds the padded batches of one round's cohort.
+
+  Args:
+    client_indices: client id -> its rows in the training arrays.
+    client_ids: `[cohort]` ids of the sampled clients.
+    seed: the run seed.
+    round_num: the round, counted from 0.
+    batch_size: local batch size B.
+    num_steps: static step count from `num_local_steps`.
+    local_epochs: E passes; exclusive with `local_steps`.
+    local_steps: fixed step count; exclusive with `local_epochs`.
+
+  Returns:
+    The cohort's `CohortBatches`.
+  """
+  cohort = len(client_ids)
+  indices = np.zeros((cohort, num_steps, batch_size), np.int32)
+  mask = np.zeros((cohort, num_steps, batch_size), np.float32)
+  for slot, cid in enumerate(client_ids):
+    rng = np.random.default_rng((seed, round_num, int(cid)))
+    rows = client_indices[cid]
+    if local_steps is not None:
+      batches = _step_batches(rows, rng, batch_size, local_steps)
+    else:
+      batches = _epoch_batches(rows, rng, batch_size, local_epochs)
+    for step, batch in enumerate(batches):
+      indices[slot, step, :len(batch)] = batch
+      mask[slot, step, :len(batch)] = 1.0
+  return CohortBatches(indices=indices, mask=mask)

@@ -1,0 +1,308 @@
+"""The round loop: the only place that does I/O.
+
+Each round: sample the cohort (a pure function of seed and round), gather its
+client state, build its padded batches, run the compiled round, scatter the
+new client state, and every few rounds evaluate, log and checkpoint. A run
+given a workdir resumes from its newest checkpoint.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import tqdm
+
+from fedjax_core import batching
+from fedjax_core import placement
+from fedjax_core import rounds
+from fedjax_core import sampling
+from fedjax_core.algorithm import Algorithm
+from fedjax_core.checkpointing import Checkpointer
+from fedjax_core.data import FederatedDataset
+from fedjax_core.evaluation import Evaluator
+from fedjax_core.metrics_writer import MetricsWriter, read_metrics
+from fedjax_core.state_store import ClientStateStore
+
+PyTree = Any
+LOCAL_LOOPS = ('auto', 'scan', 'unroll')
+
+
+class TrainingDivergedError(FloatingPointError):
+  """The training loss became NaN or infinite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulationConfig:
+  """How a run proceeds.
+
+  Attributes:
+    num_rounds: rounds to run in total (a resumed run continues up to it).
+    clients_per_round: cohort size.
+    batch_size: local batch size.
+    local_epochs: passes over each client's data per round; exclusive with
+      `local_steps`.
+    local_steps: fixed local steps per round; exclusive with `local_epochs`.
+    seed: seeds model init, sampling, shuffling and every PRNG key.
+    eval_every: evaluate on the test split every this many rounds (and after
+      the last round); 0 evaluates only after the last round.
+    checkpoint_every: checkpoint every this many rounds (and after the last).
+    workdir: where metrics, checkpoints and the summary go; None keeps
+      nothing on disk.
+    local_loop: 'scan' (rolled loop over local steps), 'unroll', or 'auto'
+      (unroll on CPU, where XLA runs loops of convolutions slowly; scan on
+      accelerators).
+    client_chunk: clients vmapped in lockstep; None for the whole cohort.
+    eval_batch_size: batch size of evaluation.
+    progress: show a progress bar.
+  """
+
+  num_rounds: int
+  clients_per_round: int
+  batch_size: int
+  local_epochs: int | None = 1
+  local_steps: int | None = None
+  seed: int = 0
+  eval_every: int = 1
+  checkpoint_every: int = 10
+  workdir: str | None = None
+  local_loop: str = 'auto'
+  client_chunk: int | None = None
+  eval_batch_size: int = 1024
+  progress: bool = True
+
+  def validate(self, num_clients: int) -> None:
+    """Raises ValueError naming the first bad setting and its fix."""
+    positive = {'num_rounds': self.num_rounds,
+                'clients_per_round': self.clients_per_round,
+                'batch_size': self.batch_size,
+                'checkpoint_every': self.checkpoint_every,
+                'eval_batch_size': self.eval_batch_size}
+    for name, value in positive.items():
+      if value < 1:
+        raise ValueError(f'--{name} must be positive, got {value}.')
+    if self.clients_per_round > num_clients:
+      raise ValueError(
+          f'--clients_per_round={self.clients_per_round} exceeds the '
+          f'population of {num_clients} clients; lower it or raise '
+          '--num_clients.')
+    if self.eval_every < 0:
+      raise ValueError(f'--eval_every must be >= 0, got {self.eval_every}.')
+    if self.local_loop not in LOCAL_LOOPS:
+      raise ValueError(f'Unknown --local_loop {self.local_loop!r}; valid: '
+                       f'{", ".join(LOCAL_LOOPS)}.')
+    if self.client_chunk is not None and self.client_chunk < 1:
+      raise ValueError(
+          f'--client_chunk must be positive, got {self.client_chunk}.')
+
+
+def resolve_local_loop(local_loop: str) -> str:
+  """The loop strategy `auto` stands for on the default backend."""
+  if local_loop != 'auto':
+    return local_loop
+  return 'unroll' if jax.default_backend() == 'cpu' else 'scan'
+
+
+class Simulation:
+  """A federated run of `algorithm` on `dataset`.
+
+  Examples:
+    >>> sim = Simulation(algorithm, model, dataset,
+    ...                  SimulationConfig(num_rounds=5, clients_per_round=4,
+    ...                                   batch_size=10))
+    >>> summary = sim.run()
+  """
+
+  def __init__(self, algorithm: Algorithm, model, dataset: FederatedDataset,
+               config: SimulationConfig,
+               mesh: jax.sharding.Mesh | None = None):
+    """Prepares the run; raises ValueError on bad settings before compiling.
+
+    Args:
+      algorithm: the algorithm's pure functions.
+      model: has `init(rng) -> params` and `apply(params, x) -> logits`.
+      dataset: the federated dataset.
+      config: the run's settings.
+      mesh: device mesh with a 'clients' axis (default: all devices).
+    """
+    config.validate(dataset.num_clients)
+    self.config = config
+    self.dataset = dataset
+    self.num_steps = batching.num_local_steps(
+        dataset.client_sizes, config.batch_size, config.local_epochs,
+        config.local_steps)
+    self.local_loop = resolve_local_loop(config.local_loop)
+    self._algorithm = algorithm
+    self._mesh = placement.client_mesh() if mesh is None else mesh
+    self._cohort_sharding = placement.cohort_sharding(self._mesh)
+    replicated = placement.replicated_sharding(self._mesh)
+
+    init_key, self._rounds_key = jax.random.split(jax.random.key(config.seed))
+    params = model.init(init_key)
+    self.server_state = jax.device_put(
+        algorithm.server_init(params, init_key), replicated)
+    self.store = ClientStateStore.replicate(
+        algorithm.client_state_init(params), dataset.num_clients)
+    self._train_x = jax.device_put(dataset.train_x, replicated)
+    self._train_y = jax.device_put(dataset.train_y, replicated)
+    self.round_fn = rounds.CompiledRound(
+        algorithm, unroll=self.local_loop == 'unroll',
+        skip_empty_steps=config.local_steps is None,
+        client_chunk=config.client_chunk)
+    self._evaluator = Evaluator(model.apply, dataset.test_x, dataset.test_y,
+                                config.eval_batch_size)
+    self.completed_rounds = 0
+    self._consistent = True  # server state, store and round count agree.
+    self.history: list[dict[str, Any]] = []
+
+  def evaluate(self) -> dict[str, float]:
+    """Test loss and accuracy of the current global model."""
+    return self._evaluator(self._algorithm.server_params(self.server_state))
+
+  def _round_inputs(self, round_num: int) -> tuple[np.ndarray,
+                                                   rounds.RoundInputs]:
+    """The cohort of `round_num`, padded to a multiple of the device count."""
+    ids = sampling.sample_clients(self.config.seed, round_num,
+                                  self.dataset.num_clients,
+                                  self.config.clients_per_round)
+    batches = batching.cohort_batches(
+        self.dataset.client_indices, ids, seed=self.config.seed,
+        round_num=round_num, batch_size=self.config.batch_size,
+        num_steps=self.num_steps, local_epochs=self.config.local_epochs,
+        local_steps=self.config.local_steps)
+    pad = -len(ids) % self._mesh.size
+    padded_ids = np.concatenate([ids, np.zeros(pad, ids.dtype)])
+
+    def pad_rows(a):
+      return np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)])
+
+    inputs = rounds.RoundInputs(
+        client_ids=padded_ids.astype(np.int32),
+        indices=pad_rows(batches.indices), mask=pad_rows(batches.mask),
+        is_real=pad_rows(np.ones(len(ids), np.float32)))
+    return ids, inputs
+
+  def run_round(self) -> dict[str, float]:
+    """Runs the next round and returns its metrics as host floats."""
+    start = time.perf_counter()
+    round_num = self.completed_rounds
+    ids, inputs = self._round_inputs(round_num)
+    padding_fraction = 1.0 - float(inputs.mask.mean())
+    cohort_state = jax.device_put(self.store.gather(inputs.client_ids),
+                                  self._cohort_sharding)
+    round_key = jax.random.fold_in(self._rounds_key, round_num)
+    self._consistent = False
+    server_state, cohort_state, metrics = self.round_fn(
+        self.server_state, cohort_state, self._train_x, self._train_y,
+        jax.device_put(inputs, self._cohort_sharding), round_key)
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not math.isfinite(metrics['train_loss']):
+      raise TrainingDivergedError(
+          f'Training diverged: the train loss is {metrics["train_loss"]} in '
+          f'round {round_num + 1}. Lower --client_lr or --server_lr.')
+    cohort_rows = jax.tree.map(lambda a: np.asarray(a)[:len(ids)],
+                               jax.device_get(cohort_state))
+    self.server_state = server_state
+    self.store.scatter(ids, cohort_rows)
+    self.completed_rounds += 1
+    self._consistent = True
+    wall_s = time.perf_counter() - start
+    return {'round': self.completed_rounds, **metrics, 'wall_s': wall_s,
+            'examples_per_s': metrics['num_examples'] / wall_s,
+            'padding_fraction': padding_fraction}
+
+  def _due(self, every: int) -> bool:
+    last = self.completed_rounds == self.config.num_rounds
+    return last or (every > 0 and self.completed_rounds % every == 0)
+
+  def _restore(self, checkpointer: Checkpointer) -> None:
+    completed = checkpointer.latest_round()
+    if completed is None:
+      return
+    self.server_state, stacked = checkpointer.restore(
+        completed, self.server_state, self.store.stacked)
+    self.store = ClientStateStore(stacked, self.dataset.num_clients)
+    self.completed_rounds = completed
+
+  def run(self) -> dict[str, Any]:
+    """Runs (or resumes) the whole simulation and returns its summary."""
+    workdir = self.config.workdir
+    checkpointer = writer = None
+    if workdir:
+      checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'))
+      self._restore(checkpointer)
+      writer = MetricsWriter(os.path.join(workdir, 'metrics.jsonl'),
+                             self.completed_rounds)
+    saved = self.completed_rounds
+    bar = tqdm.tqdm(total=self.config.num_rounds, initial=saved, unit='round',
+                    disable=not self.config.progress, dynamic_ncols=True)
+    try:
+      while self.completed_rounds < self.config.num_rounds:
+        record = self.run_round()
+        if self._due(self.config.eval_every):
+          test = self.evaluate()
+          record.update(test_loss=test['loss'], test_accuracy=test['accuracy'])
+        self.history.append(record)
+        if writer:
+          writer.write(record)
+        if checkpointer and self._due(self.config.checkpoint_every):
+          checkpointer.save(self.completed_rounds, self.server_state,
+                            self.store.stacked)
+          saved = self.completed_rounds
+        bar.update(1)
+        bar.set_postfix(_postfix(record))
+    except TrainingDivergedError as e:
+      if checkpointer:
+        raise TrainingDivergedError(
+            f'{e} The last good checkpoint (after round {saved}) is in '
+            f'{workdir}.') from None
+      raise
+    except KeyboardInterrupt:
+      if checkpointer and self._consistent and self.completed_rounds > saved:
+        checkpointer.save(self.completed_rounds, self.server_state,
+                          self.store.stacked)
+        saved = self.completed_rounds
+      if checkpointer:
+        print(f'\nInterrupted; progress up to round {saved} is saved in '
+              f'{workdir}. Re-run with the same --workdir to resume.')
+      raise
+    finally:
+      bar.close()
+      if checkpointer:
+        checkpointer.close()
+      if writer:
+        writer.close()
+    if not workdir:
+      return summarize(self.history)
+    summary = summarize(read_metrics(os.path.join(workdir, 'metrics.jsonl')))
+    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+      json.dump(summary, f, indent=2)
+    return summary
+
+
+def _postfix(record: dict[str, Any]) -> dict[str, str]:
+  postfix = {'loss': f'{record["train_loss"]:.4f}'}
+  if 'test_accuracy' in record:
+    postfix['test_acc'] = f'{record["test_accuracy"]:.4f}'
+  return postfix
+
+
+def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
+  """Final and best test accuracy, and total round time, of a run."""
+  evaluated = [r for r in history if 'test_accuracy' in r]
+  summary: dict[str, Any] = {
+      'rounds': history[-1]['round'] if history else 0,
+      'final_train_loss': history[-1]['train_loss'] if history else None,
+      'wall_s': sum(r['wall_s'] for r in history),
+  }
+  if evaluated:
+    best = max(evaluated, key=lambda r: r['test_accuracy'])
+    summary.update(final_test_accuracy=evaluated[-1]['test_accuracy'],
+                   final_test_loss=evaluated[-1]['test_loss'],
+                   best_test_accuracy=best['test_accuracy'],
+                   best_round=best['round'])
+  return summary
