@@ -99,7 +99,7 @@ def fedavg(apply_fn: ApplyFn, client_optimizer: optax.GradientTransformation,
     delta = jax.tree.map(jnp.subtract, server_state.params, local.params)
     weight = info.num_examples if weighted else jnp.float32(1.0)
     return ClientOutput(message=delta, weight=weight, client_state=(),
-                        metrics={'delta_norm': optax.global_norm(delta)})
+                        metrics={'delta_norm': optax.tree.norm(delta)})
 
   def server_update(server_state, mean_delta):
     chex.assert_trees_all_equal_shapes(mean_delta, server_state.params)
@@ -107,7 +107,7 @@ def fedavg(apply_fn: ApplyFn, client_optimizer: optax.GradientTransformation,
         mean_delta, server_state.opt_state, server_state.params)
     params = optax.apply_updates(server_state.params, updates)
     return (ServerState(params=params, opt_state=opt_state),
-            {'server_update_norm': optax.global_norm(updates)})
+            {'server_update_norm': optax.tree.norm(updates)})
 
   return Algorithm(
       server_init=server_init,

@@ -5,9 +5,12 @@ import math
 import os
 from typing import Any
 
+import numpy as np
+
 
 def _jsonable(value: Any) -> Any:
-  value = float(value) if hasattr(value, '__float__') else value
+  if isinstance(value, (np.generic, np.ndarray)):
+    value = value.item()
   if isinstance(value, float) and not math.isfinite(value):
     return str(value)  # JSON has no NaN or inf.
   return value

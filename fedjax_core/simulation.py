@@ -45,7 +45,7 @@ class SimulationConfig:
     clients_per_round: cohort size.
     batch_size: local batch size.
     local_epochs: passes over each client's data per round; exclusive with
-      `local_steps`.
+      `local_steps`. With neither set, clients run one local epoch.
     local_steps: fixed local steps per round; exclusive with `local_epochs`.
     seed: seeds model init, sampling, shuffling and every PRNG key.
     eval_every: evaluate on the test split every this many rounds (and after
@@ -64,7 +64,7 @@ class SimulationConfig:
   num_rounds: int
   clients_per_round: int
   batch_size: int
-  local_epochs: int | None = 1
+  local_epochs: int | None = None
   local_steps: int | None = None
   seed: int = 0
   eval_every: int = 1
@@ -132,8 +132,11 @@ class Simulation:
     config.validate(dataset.num_clients)
     self.config = config
     self.dataset = dataset
+    self._local_epochs = config.local_epochs
+    if config.local_epochs is None and config.local_steps is None:
+      self._local_epochs = 1
     self.num_steps = batching.num_local_steps(
-        dataset.client_sizes, config.batch_size, config.local_epochs,
+        dataset.client_sizes, config.batch_size, self._local_epochs,
         config.local_steps)
     self.local_loop = resolve_local_loop(config.local_loop)
     self._algorithm = algorithm
@@ -172,7 +175,7 @@ class Simulation:
     batches = batching.cohort_batches(
         self.dataset.client_indices, ids, seed=self.config.seed,
         round_num=round_num, batch_size=self.config.batch_size,
-        num_steps=self.num_steps, local_epochs=self.config.local_epochs,
+        num_steps=self.num_steps, local_epochs=self._local_epochs,
         local_steps=self.config.local_steps)
     pad = -len(ids) % self._mesh.size
     padded_ids = np.concatenate([ids, np.zeros(pad, ids.dtype)])

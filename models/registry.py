@@ -1,0 +1,78 @@
+"""Model registry: a flax module as a pair of pure `init`/`apply` functions.
+
+Models follow McMahan et al. 2017, "Communication-Efficient Learning of Deep
+Networks from Decentralized Data" (the 2NN MLP and the CNNs), plus the
+multinomial logistic regression of convex federated benchmarks.
+"""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from models.cnn import build_cnn
+from models.logreg import LogisticRegression
+from models.mlp import MLP
+
+PyTree = Any
+
+
+class Model(NamedTuple):
+  """A flax model as two pure functions.
+
+  Attributes:
+    init: rng key -> params, the full flax variables dict (`{'params': ...}`).
+    apply: `(params, x)` with float32 `x` of shape `[batch, *example_shape]`
+      -> `[batch, num_classes]` logits.
+  """
+
+  init: Callable[[jax.Array], PyTree]
+  apply: Callable[[PyTree, jax.Array], jax.Array]
+
+
+def _build_logreg(example_shape: tuple[int, ...],
+                  num_classes: int) -> nn.Module:
+  """Builds `LogisticRegression`; it works for any example shape."""
+  del example_shape
+  return LogisticRegression(num_classes)
+
+
+def _build_mlp(example_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+  """Builds the 2NN `MLP`; it works for any example shape."""
+  del example_shape
+  return MLP(num_classes)
+
+
+_BUILDERS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
+    'cnn': build_cnn,
+    'logreg': _build_logreg,
+    'mlp': _build_mlp,
+}
+
+MODEL_NAMES: tuple[str, ...] = tuple(sorted(_BUILDERS))
+
+
+def get_model(name: str, example_shape: tuple[int, ...],
+              num_classes: int) -> Model:
+  """Builds a registered model for the given input shape and class count.
+
+  Args:
+    name: one of `MODEL_NAMES`.
+    example_shape: shape of one example, without the batch axis.
+    num_classes: number of output logits.
+
+  Returns:
+    The model's pure `init` and `apply` functions.
+
+  Raises:
+    ValueError: if `name` is not registered, or the model does not accept
+      `example_shape`.
+  """
+  if name not in _BUILDERS:
+    raise ValueError(
+        f'Unknown model {name!r}; valid models: {", ".join(MODEL_NAMES)}.')
+  module = _BUILDERS[name](tuple(example_shape), num_classes)
+  dummy = jnp.zeros((1, *example_shape), jnp.float32)
+  return Model(init=lambda rng: module.init(rng, dummy), apply=module.apply)
