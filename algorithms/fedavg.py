@@ -82,17 +82,15 @@ def fedavg(apply_fn: ApplyFn, client_optimizer: optax.GradientTransformation,
 
   def loss_fn(params, batch: Batch):
     logits = apply_fn(params, batch.x)
-    loss = losses.softmax_cross_entropy(logits, batch.y, batch.mask)
-    return loss, losses.accuracy(logits, batch.y, batch.mask)
+    return losses.softmax_cross_entropy(logits, batch.y, batch.mask)
 
   def local_step(local, batch, rng):
     del rng
-    (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        local.params, batch)
+    loss, grads = jax.value_and_grad(loss_fn)(local.params, batch)
     updates, opt_state = client_optimizer.update(grads, local.opt_state,
                                                  local.params)
     params = optax.apply_updates(local.params, updates)
-    return LocalState(params, opt_state), {'loss': loss, 'accuracy': acc}
+    return LocalState(params, opt_state), {'loss': loss}
 
   def client_final(server_state, client_state, local, info: ClientInfo):
     del client_state

@@ -72,11 +72,25 @@ def _epoch_batches(rows: np.ndarray, rng: np.random.Generator,
 
 def _step_batches(rows: np.ndarray, rng: np.random.Generator,
                   batch_size: int, local_steps: int) -> list[np.ndarray]:
-  """`local_steps` batches of min(B, n) rows from successive shuffles."""
+  """`local_steps` batches of min(B, n) distinct rows from successive shuffles.
+
+  Every row is used once per pass. A batch that runs past the end of a pass
+  is completed from the next shuffle, whose rows already in the batch are
+  moved to its end, so no batch repeats a row.
+  """
   width = min(batch_size, len(rows))
-  passes = math.ceil(local_steps * width / len(rows))
-  stream = np.concatenate([rng.permutation(rows) for _ in range(passes)])
-  return list(stream[:local_steps * width].reshape(local_steps, width))
+  perm, pos, batches = rng.permutation(rows), 0, []
+  for _ in range(local_steps):
+    batch = perm[pos:pos + width]
+    pos += len(batch)
+    if len(batch) < width:
+      fresh = rng.permutation(rows)
+      taken = np.isin(fresh, batch)
+      perm = np.concatenate([fresh[~taken], fresh[taken]])
+      pos = width - len(batch)
+      batch = np.concatenate([batch, perm[:pos]])
+    batches.append(batch)
+  return batches
 
 
 def cohort_batches(client_indices: tuple[np.ndarray, ...],

@@ -24,6 +24,7 @@ from absl import logging
 import algorithms
 from fedjax_core import datasets
 from fedjax_core import optimizers
+from fedjax_core import placement
 from fedjax_core import simulation
 import models
 
@@ -83,6 +84,9 @@ _CLIENT_CHUNK = flags.DEFINE_integer(
     'client_chunk', None, 'Clients trained in lockstep (vmap width); '
     'default: the whole cohort.')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+_CPU_DEVICES = flags.DEFINE_integer(
+    'cpu_devices', None, 'On CPU, JAX devices to split the host into; the '
+    'cohort is sharded over them (default: one per core; 1 disables).')
 
 
 def _run_one(name: str, dataset, model, workdir: str) -> dict:
@@ -121,6 +125,7 @@ def format_table(summaries: dict[str, dict]) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  placement.use_cpu_device_per_core(_CPU_DEVICES.value)
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Hides orbax's per-save INFO lines.
   if _LOCAL_EPOCHS.value is not None and _LOCAL_STEPS.value is not None:

@@ -1,0 +1,181 @@
+r"""Benchmarks the simulator against the limits of the same arithmetic.
+
+Workload `mlp`: 10 clients a round, each 50 local SGD steps of batch 10 on
+784-dimensional random inputs, model 784-200-200-10. It reports the compile
+time, the median round time after warm-up, examples per second, peak memory
+and two ratios measured in the same process:
+  ratio_sequential_limit: round time / the same 500 SGD steps as a Python loop
+    over one jitted single-client step (no federated machinery);
+  ratio_batched_limit: round time / 50 SGD steps of batch 100 = cohort x batch
+    (the same arithmetic at the best intensity: the floor for any simulator),
+    the faster of a Python loop over a jitted step and one jitted scan.
+
+Examples:
+  python -m scripts.benchmark --workload=mlp
+  python -m scripts.benchmark --workload=mlp --local_loop=scan --json
+"""
+
+import json
+import resource
+import statistics
+import time
+from typing import Callable
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import algorithms
+from fedjax_core import FederatedDataset, Simulation, SimulationConfig
+from fedjax_core import losses
+from fedjax_core import placement
+from fedjax_core import simulation
+import models
+
+WORKLOADS = ('mlp',)
+
+_WORKLOAD = flags.DEFINE_enum('workload', 'mlp', WORKLOADS, 'What to run.')
+_ROUNDS = flags.DEFINE_integer('rounds', 7, 'Timed rounds after warm-up.')
+_REPEATS = flags.DEFINE_integer(
+    'repeats', 5, 'Timed repetitions of each limit.')
+_LOCAL_LOOP = flags.DEFINE_enum('local_loop', 'auto', simulation.LOCAL_LOOPS,
+                                'Loop over local steps.')
+_CLIENT_CHUNK = flags.DEFINE_integer(
+    'client_chunk', None, 'Clients vmapped in lockstep (default: all).')
+_CPU_DEVICES = flags.DEFINE_integer(
+    'cpu_devices', None, 'On CPU, JAX devices to split the host into; the '
+    'cohort is sharded over them (default: one per core; 1 disables).')
+_JSON = flags.DEFINE_bool(
+    'json', False, 'Print the result as one JSON object on the last line.')
+_OUTPUT = flags.DEFINE_string(
+    'output', None, 'Also append the JSON result to this file.')
+
+# Workload `mlp`.
+_COHORT, _STEPS, _BATCH, _DIM, _CLASSES = 10, 50, 10, 784, 10
+_POPULATION, _LR = 50, 0.05
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+  """Median wall time of `fn()` (which must block) after one warm-up."""
+  fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _sgd_step_fn(model: models.Model):
+  def step(params, x, y):
+    def loss_fn(p):
+      return losses.softmax_cross_entropy(model.apply(p, x), y,
+                                          jnp.ones(y.shape, jnp.float32))
+    grads = jax.grad(loss_fn)(params)
+    return jax.tree.map(lambda p, g: p - _LR * g, params, grads)
+  return step
+
+
+def _python_loop_seconds(step, params, xs, ys, repeats) -> float:
+  """Median time of a Python loop over a jitted step, one call per batch."""
+  jitted = jax.jit(step)
+
+  def run():
+    p = params
+    for x, y in zip(xs, ys):
+      p = jitted(p, x, y)
+    return jax.block_until_ready(p)
+
+  return _median_seconds(run, repeats)
+
+
+def _scan_seconds(step, params, xs, ys, repeats) -> float:
+  """Median time of all steps inside one jitted `lax.scan`."""
+  @jax.jit
+  def run_all(p, xs, ys):
+    return jax.lax.scan(lambda p, b: (step(p, *b), None), p, (xs, ys))[0]
+
+  return _median_seconds(
+      lambda: jax.block_until_ready(run_all(params, xs, ys)), repeats)
+
+
+def _peak_device_mb() -> float | None:
+  stats = jax.devices()[0].memory_stats()
+  return stats['peak_bytes_in_use'] / 2**20 if stats else None
+
+
+def benchmark_mlp() -> dict:
+  """Runs workload `mlp` and returns its figures."""
+  rng = np.random.default_rng(0)
+  n = _POPULATION * _STEPS * _BATCH
+  x = rng.normal(size=(n, _DIM)).astype(np.float32)
+  y = rng.integers(0, _CLASSES, n).astype(np.int32)
+  clients = tuple(np.arange(i, n, _POPULATION) for i in range(_POPULATION))
+  dataset = FederatedDataset(name='random_mlp', train_x=x, train_y=y,
+                             client_indices=clients, test_x=x[:100],
+                             test_y=y[:100], num_classes=_CLASSES)
+  model = models.get_model('mlp', (_DIM,), _CLASSES)
+  algorithm = algorithms.build_algorithm('fedavg', model.apply, client_lr=_LR)
+  config = SimulationConfig(
+      num_rounds=1 + _ROUNDS.value, clients_per_round=_COHORT, batch_size=_BATCH,
+      local_steps=_STEPS, local_loop=_LOCAL_LOOP.value,
+      client_chunk=_CLIENT_CHUNK.value, progress=False)
+  sim = Simulation(algorithm, model, dataset, config)
+  first_round_s = sim.run_round()['wall_s']
+  round_s = statistics.median(
+      sim.run_round()['wall_s'] for _ in range(_ROUNDS.value))
+
+  params = model.init(jax.random.key(0))
+  step = _sgd_step_fn(model)
+  seq_x = jnp.asarray(x[:_COHORT * _STEPS * _BATCH].reshape(-1, _BATCH, _DIM))
+  seq_y = jnp.asarray(y[:_COHORT * _STEPS * _BATCH].reshape(-1, _BATCH))
+  sequential_s = _python_loop_seconds(step, params, seq_x, seq_y,
+                                      _REPEATS.value)
+  big_x = seq_x.reshape(_STEPS, _COHORT * _BATCH, _DIM)
+  big_y = seq_y.reshape(_STEPS, _COHORT * _BATCH)
+  batched_loop_s = _python_loop_seconds(step, params, big_x, big_y,
+                                        _REPEATS.value)
+  batched_scan_s = _scan_seconds(step, params, big_x, big_y, _REPEATS.value)
+  batched_s = min(batched_loop_s, batched_scan_s)
+
+  return {
+      'workload': 'mlp',
+      'backend': jax.default_backend(),
+      'devices': jax.device_count(),
+      'local_loop': sim.local_loop,
+      'client_chunk': _CLIENT_CHUNK.value,
+      'compile_s': first_round_s - round_s,
+      's_per_round': round_s,
+      'examples_per_s': _COHORT * _STEPS * _BATCH / round_s,
+      'sequential_limit_s': sequential_s,
+      'batched_limit_s': batched_s,
+      'batched_limit_loop_s': batched_loop_s,
+      'batched_limit_scan_s': batched_scan_s,
+      'ratio_sequential_limit': round_s / sequential_s,
+      'ratio_batched_limit': round_s / batched_s,
+      'peak_mem_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+      'peak_device_mem_mb': _peak_device_mb(),
+      'num_traces': sim.round_fn.num_traces,
+  }
+
+
+def main(argv):
+  del argv
+  placement.use_cpu_device_per_core(_CPU_DEVICES.value)
+  result = {'mlp': benchmark_mlp}[_WORKLOAD.value]()
+  for key, value in result.items():
+    print(f'{key:>24}: {value:.4g}' if isinstance(value, float)
+          else f'{key:>24}: {value}')
+  line = json.dumps(result)
+  if _OUTPUT.value:
+    with open(_OUTPUT.value, 'a') as f:
+      f.write(line + '\n')
+  if _JSON.value:
+    print(line)
+
+
+if __name__ == '__main__':
+  app.run(main)

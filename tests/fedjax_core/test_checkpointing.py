@@ -1,0 +1,90 @@
+"""Tests of fedjax_core.checkpointing."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_core.checkpointing import Checkpointer
+
+
+def _state(offset):
+  server = {'params': {'w': jnp.arange(3, dtype=jnp.float32) + offset,
+                       'b': jnp.float32(offset)},
+            'step': jnp.int32(offset)}
+  clients = {'c': np.arange(8, dtype=np.float32).reshape(4, 2) + offset,
+             'n': np.full(4, offset, np.int32)}
+  return server, clients
+
+
+def _zeros_like(tree):
+  return jax.tree.map(
+      lambda a: np.zeros_like(a) if isinstance(a, np.ndarray)
+      else jnp.zeros_like(a), tree)
+
+
+def _assert_same_values_and_types(got, want):
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert type(g) is type(w) or (isinstance(g, jax.Array)
+                                  and isinstance(w, jax.Array)), (g, w)
+    assert g.dtype == w.dtype and g.shape == w.shape
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
+def test_save_two_rounds_and_restore_each(tmp_path):
+  """After saving rounds 1 and 2 the latest is 2, and each restores its own
+  values with the template's types (jax stays jax, numpy stays numpy)."""
+  directory = str(tmp_path / 'ckpt')
+  ckpt = Checkpointer(directory, max_to_keep=3)
+  assert ckpt.latest_round() is None
+  ckpt.save(1, *_state(1))
+  ckpt.save(2, *_state(2))
+  ckpt.close()
+
+  ckpt = Checkpointer(directory, max_to_keep=3)
+  assert ckpt.latest_round() == 2
+  server_t, clients_t = _zeros_like(_state(0)[0]), _zeros_like(_state(0)[1])
+  for r in (1, 2):
+    server, clients = ckpt.restore(r, server_t, clients_t)
+    want_server, want_clients = _state(r)
+    _assert_same_values_and_types(server, want_server)
+    _assert_same_values_and_types(clients, want_clients)
+    assert isinstance(server['params']['w'], jax.Array)
+    assert isinstance(clients['c'], np.ndarray)
+    assert not isinstance(clients['c'], jax.Array)
+    clients['c'][0, 0] = -1.0  # The restored store rows are writable.
+  ckpt.close()
+
+
+def test_max_to_keep_deletes_old_rounds(tmp_path):
+  """With max_to_keep=2 only the two newest of rounds 1, 2, 3 remain."""
+  directory = str(tmp_path / 'ckpt')
+  ckpt = Checkpointer(directory, max_to_keep=2)
+  for r in (1, 2, 3):
+    ckpt.save(r, *_state(r))
+  ckpt.close()
+  steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+  assert steps == [2, 3]
+  ckpt = Checkpointer(directory, max_to_keep=2)
+  assert ckpt.latest_round() == 3
+  server, _ = ckpt.restore(3, *map(_zeros_like, _state(0)))
+  np.testing.assert_array_equal(server['params']['w'], [3.0, 4.0, 5.0])
+  ckpt.close()
+
+
+def test_empty_tuple_client_state(tmp_path):
+  """Stateless clients (client state `()`) save and restore as `()`."""
+  directory = str(tmp_path / 'ckpt')
+  server = {'w': jnp.array([1.5, -2.0])}
+  ckpt = Checkpointer(directory)
+  ckpt.save(5, server, ())
+  ckpt.close()
+  ckpt = Checkpointer(directory)
+  assert ckpt.latest_round() == 5
+  restored_server, restored_clients = ckpt.restore(
+      5, {'w': jnp.zeros(2)}, ())
+  assert restored_clients == ()
+  np.testing.assert_array_equal(restored_server['w'], [1.5, -2.0])
+  ckpt.close()
