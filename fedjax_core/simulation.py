@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 
@@ -54,8 +55,8 @@ class SimulationConfig:
     workdir: where metrics, checkpoints and the summary go; None keeps
       nothing on disk.
     local_loop: 'scan' (rolled loop over local steps), 'unroll', or 'auto'
-      (unroll on CPU, where XLA runs loops of convolutions slowly; scan on
-      accelerators).
+      (unroll convolutional models on CPU, where XLA runs convolutions inside
+      loops slowly; scan otherwise).
     client_chunk: clients vmapped in lockstep; None for the whole cohort.
     eval_batch_size: batch size of evaluation.
     progress: show a progress bar.
@@ -100,11 +101,23 @@ class SimulationConfig:
           f'--client_chunk must be positive, got {self.client_chunk}.')
 
 
-def resolve_local_loop(local_loop: str) -> str:
-  """The loop strategy `auto` stands for on the default backend."""
+def resolve_local_loop(local_loop: str, model,
+                       example_shape: tuple[int, ...]) -> str:
+  """The loop strategy `auto` stands for with this model and backend.
+
+  A rolled `lax.scan`, except for models with convolutions on XLA:CPU, which
+  runs convolutions inside loops about 25x slower than unrolled
+  (jax-ml/jax#12868; see DESIGN.md). Dense models run as fast rolled and
+  compile several times faster (BUILD_NOTES.md).
+  """
   if local_loop != 'auto':
     return local_loop
-  return 'unroll' if jax.default_backend() == 'cpu' else 'scan'
+  if jax.default_backend() != 'cpu':
+    return 'scan'
+  params = jax.eval_shape(model.init, jax.random.key(0))
+  x = jax.ShapeDtypeStruct((1,) + tuple(example_shape), jnp.float32)
+  has_conv = 'conv_general_dilated' in str(jax.make_jaxpr(model.apply)(params, x))
+  return 'unroll' if has_conv else 'scan'
 
 
 class Simulation:
@@ -138,7 +151,8 @@ class Simulation:
     self.num_steps = batching.num_local_steps(
         dataset.client_sizes, config.batch_size, self._local_epochs,
         config.local_steps)
-    self.local_loop = resolve_local_loop(config.local_loop)
+    self.local_loop = resolve_local_loop(config.local_loop, model,
+                                         dataset.example_shape)
     self._algorithm = algorithm
     self._mesh = placement.client_mesh() if mesh is None else mesh
     self._cohort_sharding = placement.cohort_sharding(self._mesh)

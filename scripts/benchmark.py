@@ -9,6 +9,8 @@ and two ratios measured in the same process:
   ratio_batched_limit: round time / 50 SGD steps of batch 100 = cohort x batch
     (the same arithmetic at the best intensity: the floor for any simulator),
     the faster of a Python loop over a jitted step and one jitted scan.
+The limits run in a child process on one default JAX device, as plain JAX
+code would, so the engine's device settings neither help nor hurt them.
 
 Examples:
   python -m scripts.benchmark --workload=mlp
@@ -18,6 +20,8 @@ Examples:
 import json
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from typing import Callable
 
@@ -50,6 +54,9 @@ _CPU_DEVICES = flags.DEFINE_integer(
     'cohort is sharded over them (default: one per core; 1 disables).')
 _JSON = flags.DEFINE_bool(
     'json', False, 'Print the result as one JSON object on the last line.')
+_LIMITS_ONLY = flags.DEFINE_bool(
+    'limits_only', False, 'Measure only the limits and print them as JSON '
+    '(the benchmark runs itself so in a child process).')
 _OUTPUT = flags.DEFINE_string(
     'output', None, 'Also append the JSON result to this file.')
 
@@ -107,40 +114,60 @@ def _peak_device_mb() -> float | None:
   return stats['peak_bytes_in_use'] / 2**20 if stats else None
 
 
-def benchmark_mlp() -> dict:
-  """Runs workload `mlp` and returns its figures."""
+def _mlp_data() -> tuple[np.ndarray, np.ndarray]:
   rng = np.random.default_rng(0)
   n = _POPULATION * _STEPS * _BATCH
-  x = rng.normal(size=(n, _DIM)).astype(np.float32)
-  y = rng.integers(0, _CLASSES, n).astype(np.int32)
-  clients = tuple(np.arange(i, n, _POPULATION) for i in range(_POPULATION))
+  return (rng.normal(size=(n, _DIM)).astype(np.float32),
+          rng.integers(0, _CLASSES, n).astype(np.int32))
+
+
+def mlp_limits() -> dict:
+  """The sequential and batched limits of workload `mlp`, in seconds."""
+  x, y = _mlp_data()
+  model = models.get_model('mlp', (_DIM,), _CLASSES)
+  params = model.init(jax.random.key(0))
+  step = _sgd_step_fn(model)
+  seq_x = jnp.asarray(x[:_COHORT * _STEPS * _BATCH].reshape(-1, _BATCH, _DIM))
+  seq_y = jnp.asarray(y[:_COHORT * _STEPS * _BATCH].reshape(-1, _BATCH))
+  big_x = seq_x.reshape(_STEPS, _COHORT * _BATCH, _DIM)
+  big_y = seq_y.reshape(_STEPS, _COHORT * _BATCH)
+  loop_s = _python_loop_seconds(step, params, big_x, big_y, _REPEATS.value)
+  scan_s = _scan_seconds(step, params, big_x, big_y, _REPEATS.value)
+  return {
+      'sequential_limit_s': _python_loop_seconds(step, params, seq_x, seq_y,
+                                                 _REPEATS.value),
+      'batched_limit_s': min(loop_s, scan_s),
+      'batched_limit_loop_s': loop_s,
+      'batched_limit_scan_s': scan_s,
+  }
+
+
+def _limits_in_child_process() -> dict:
+  result = subprocess.run(
+      [sys.executable, '-m', 'scripts.benchmark', f'--workload={_WORKLOAD.value}',
+       '--limits_only', '--cpu_devices=1', f'--repeats={_REPEATS.value}'],
+      capture_output=True, text=True, check=True)
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def benchmark_mlp() -> dict:
+  """Runs workload `mlp` and returns its figures."""
+  x, y = _mlp_data()
+  clients = tuple(np.arange(i, len(y), _POPULATION) for i in range(_POPULATION))
   dataset = FederatedDataset(name='random_mlp', train_x=x, train_y=y,
                              client_indices=clients, test_x=x[:100],
                              test_y=y[:100], num_classes=_CLASSES)
   model = models.get_model('mlp', (_DIM,), _CLASSES)
   algorithm = algorithms.build_algorithm('fedavg', model.apply, client_lr=_LR)
   config = SimulationConfig(
-      num_rounds=1 + _ROUNDS.value, clients_per_round=_COHORT, batch_size=_BATCH,
-      local_steps=_STEPS, local_loop=_LOCAL_LOOP.value,
+      num_rounds=1 + _ROUNDS.value, clients_per_round=_COHORT,
+      batch_size=_BATCH, local_steps=_STEPS, local_loop=_LOCAL_LOOP.value,
       client_chunk=_CLIENT_CHUNK.value, progress=False)
   sim = Simulation(algorithm, model, dataset, config)
   first_round_s = sim.run_round()['wall_s']
   round_s = statistics.median(
       sim.run_round()['wall_s'] for _ in range(_ROUNDS.value))
-
-  params = model.init(jax.random.key(0))
-  step = _sgd_step_fn(model)
-  seq_x = jnp.asarray(x[:_COHORT * _STEPS * _BATCH].reshape(-1, _BATCH, _DIM))
-  seq_y = jnp.asarray(y[:_COHORT * _STEPS * _BATCH].reshape(-1, _BATCH))
-  sequential_s = _python_loop_seconds(step, params, seq_x, seq_y,
-                                      _REPEATS.value)
-  big_x = seq_x.reshape(_STEPS, _COHORT * _BATCH, _DIM)
-  big_y = seq_y.reshape(_STEPS, _COHORT * _BATCH)
-  batched_loop_s = _python_loop_seconds(step, params, big_x, big_y,
-                                        _REPEATS.value)
-  batched_scan_s = _scan_seconds(step, params, big_x, big_y, _REPEATS.value)
-  batched_s = min(batched_loop_s, batched_scan_s)
-
+  limits = _limits_in_child_process()
   return {
       'workload': 'mlp',
       'backend': jax.default_backend(),
@@ -150,12 +177,9 @@ def benchmark_mlp() -> dict:
       'compile_s': first_round_s - round_s,
       's_per_round': round_s,
       'examples_per_s': _COHORT * _STEPS * _BATCH / round_s,
-      'sequential_limit_s': sequential_s,
-      'batched_limit_s': batched_s,
-      'batched_limit_loop_s': batched_loop_s,
-      'batched_limit_scan_s': batched_scan_s,
-      'ratio_sequential_limit': round_s / sequential_s,
-      'ratio_batched_limit': round_s / batched_s,
+      **limits,
+      'ratio_sequential_limit': round_s / limits['sequential_limit_s'],
+      'ratio_batched_limit': round_s / limits['batched_limit_s'],
       'peak_mem_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       'peak_device_mem_mb': _peak_device_mb(),
       'num_traces': sim.round_fn.num_traces,
@@ -165,6 +189,9 @@ def benchmark_mlp() -> dict:
 def main(argv):
   del argv
   placement.use_cpu_device_per_core(_CPU_DEVICES.value)
+  if _LIMITS_ONLY.value:
+    print(json.dumps({'mlp': mlp_limits}[_WORKLOAD.value]()))
+    return
   result = {'mlp': benchmark_mlp}[_WORKLOAD.value]()
   for key, value in result.items():
     print(f'{key:>24}: {value:.4g}' if isinstance(value, float)

@@ -79,7 +79,8 @@ _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Output directory (default: a new runs/TIMESTAMP).')
 _LOCAL_LOOP = flags.DEFINE_enum(
     'local_loop', 'auto', simulation.LOCAL_LOOPS,
-    'Loop over local steps: scan, unroll, or auto (by backend).')
+    'Loop over local steps: scan, unroll, or auto (unroll convolutional '
+    'models on CPU, scan otherwise).')
 _CLIENT_CHUNK = flags.DEFINE_integer(
     'client_chunk', None, 'Clients trained in lockstep (vmap width); '
     'default: the whole cohort.')

@@ -1,0 +1,184 @@
+"""The round loop: one compile per run, bit-identical resume, divergence
+handling and checks of bad settings before any compile."""
+
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import algorithms
+from fedjax_core import Simulation, SimulationConfig, TrainingDivergedError
+from fedjax_core.simulation import resolve_local_loop
+from fedjax_core import Checkpointer, read_metrics, sample_clients
+from fedjax_core.datasets import load_dataset
+import models
+
+NUM_ROUNDS = 6
+
+
+@pytest.fixture(scope='module')
+def dataset():
+  return load_dataset('digits', num_clients=8, seed=0)
+
+
+def _simulation(dataset, workdir=None, client_lr=0.05, algorithm='fedadam',
+                **overrides):
+  # FedAdam by default: its server moments must survive a resume too.
+  model = models.get_model('logreg', dataset.example_shape,
+                           dataset.num_classes)
+  algorithm = algorithms.build_algorithm(algorithm, model.apply,
+                                         client_lr=client_lr)
+  settings = dict(num_rounds=NUM_ROUNDS, clients_per_round=3, batch_size=16,
+                  local_epochs=1, eval_every=2, checkpoint_every=2,
+                  workdir=workdir, progress=False)
+  settings.update(overrides)
+  return Simulation(algorithm, model, dataset, SimulationConfig(**settings))
+
+
+def _params(sim):
+  return jax.tree.map(np.asarray, sim.server_state.params)
+
+
+def _fail_at_round(sim, round_to_fail, error):
+  """Makes `sim.run_round` raise `error` when that round would start."""
+  run_round = sim.run_round
+
+  def failing():
+    if sim.completed_rounds + 1 == round_to_fail:
+      raise error
+    return run_round()
+
+  sim.run_round = failing
+
+
+def test_round_is_traced_once_per_run(dataset):
+  sim = _simulation(dataset)
+  sim.run()
+  assert sim.completed_rounds == NUM_ROUNDS
+  assert sim.round_fn.num_traces == 1
+
+
+def test_server_state_is_donated(dataset):
+  sim = _simulation(dataset)
+  before = jax.tree.leaves(sim.server_state)
+  sim.run_round()
+  assert all(leaf.is_deleted() for leaf in before)
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(dataset, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('uninterrupted'))
+  sim = _simulation(dataset, workdir)
+  summary = sim.run()
+  return _params(sim), read_metrics(os.path.join(workdir, 'metrics.jsonl')), \
+      summary
+
+
+@pytest.mark.parametrize('error, resumes_from', [
+    (KeyboardInterrupt(), 3),        # Ctrl-C saves the state it has.
+    (RuntimeError('killed'), 2),     # A crash leaves the periodic checkpoint.
+])
+def test_resumed_run_is_bit_identical(dataset, tmp_path, uninterrupted,
+                                      error, resumes_from):
+  want_params, want_metrics, want_summary = uninterrupted
+  workdir = str(tmp_path)
+  first = _simulation(dataset, workdir)
+  _fail_at_round(first, 4, error)
+  with pytest.raises(type(error)):
+    first.run()
+  assert Checkpointer(os.path.join(workdir, 'checkpoints')).latest_round() \
+      == resumes_from
+
+  second = _simulation(dataset, workdir)
+  summary = second.run()
+  assert second.round_fn.num_traces == 1
+  same = jax.tree.map(np.array_equal, _params(second), want_params)
+  assert all(jax.tree.leaves(same)), 'resumed model differs'
+  metrics = read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+  assert [m['round'] for m in metrics] == list(range(1, NUM_ROUNDS + 1))
+  for got, want in zip(metrics, want_metrics):
+    assert got['train_loss'] == want['train_loss']
+    assert got.get('test_accuracy') == want.get('test_accuracy')
+  assert summary['final_test_accuracy'] == want_summary['final_test_accuracy']
+
+
+def test_rerun_of_a_finished_run_trains_nothing(dataset, tmp_path):
+  workdir = str(tmp_path)
+  _simulation(dataset, workdir).run()
+  again = _simulation(dataset, workdir)
+  summary = again.run()
+  assert again.round_fn.num_traces == 0
+  assert summary['rounds'] == NUM_ROUNDS
+
+
+def test_outputs_follow_the_documented_interface(dataset, tmp_path, uninterrupted):
+  _, metrics, summary = uninterrupted
+  for record in metrics:
+    assert {'round', 'train_loss', 'wall_s', 'examples_per_s'} <= set(record)
+  evaluated = [m['round'] for m in metrics if 'test_accuracy' in m]
+  assert evaluated == [2, 4, 6]
+  assert all('test_loss' in m for m in metrics if 'test_accuracy' in m)
+  best = max(m['test_accuracy'] for m in metrics if 'test_accuracy' in m)
+  assert summary['best_test_accuracy'] == best
+  assert summary['final_test_accuracy'] == metrics[-1]['test_accuracy']
+  assert metrics[-1]['train_loss'] < metrics[0]['train_loss']
+
+
+def test_divergence_stops_with_the_round_and_keeps_last_checkpoint(
+    dataset, tmp_path):
+  # Poison one client's inputs so the loss overflows in the first round that
+  # samples it, and not before.
+  cohorts = [sample_clients(0, r, dataset.num_clients, 3) for r in range(50)]
+  poisoned = next(c for c in range(dataset.num_clients) if c not in cohorts[0])
+  bad_round = 1 + next(r for r, ids in enumerate(cohorts) if poisoned in ids)
+  train_x = dataset.train_x.copy()
+  train_x[dataset.client_indices[poisoned]] = 1e30
+  workdir = str(tmp_path)
+  sim = _simulation(dataclasses.replace(dataset, train_x=train_x), workdir,
+                    algorithm='fedavg', num_rounds=50, checkpoint_every=1)
+  with pytest.raises(TrainingDivergedError,
+                     match=f'round {bad_round}.*after round {bad_round - 1}'):
+    sim.run()
+  assert sim.completed_rounds == bad_round - 1
+  checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'))
+  assert checkpointer.latest_round() == bad_round - 1
+  server, _ = checkpointer.restore(bad_round - 1, sim.server_state,
+                                   sim.store.stacked)
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(server))
+  assert len(read_metrics(os.path.join(workdir, 'metrics.jsonl'))) == \
+      bad_round - 1
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(clients_per_round=9), 'exceeds the population of 8'),
+    (dict(batch_size=10_000), 'larger than every client'),
+    (dict(num_rounds=0), 'num_rounds must be positive'),
+    (dict(local_epochs=1, local_steps=5), 'exactly one of'),
+    (dict(local_loop='fast'), "Unknown --local_loop 'fast'"),
+])
+def test_bad_settings_fail_before_compiling(dataset, overrides, message):
+  with pytest.raises(ValueError, match=message):
+    _simulation(dataset, **overrides)
+
+
+def test_summary_file_is_written(dataset, tmp_path):
+  workdir = str(tmp_path)
+  _simulation(dataset, workdir, num_rounds=2).run()
+  with open(os.path.join(workdir, 'summary.json')) as f:
+    summary = json.load(f)
+  assert summary['rounds'] == 2
+  assert 0.0 <= summary['final_test_accuracy'] <= 1.0
+
+
+@pytest.mark.parametrize('model_name, shape, want', [
+    ('mlp', (8, 8, 1), 'scan'),
+    ('cnn', (8, 8, 1), 'unroll'),
+])
+def test_auto_loop_unrolls_only_convolutions_on_cpu(model_name, shape, want):
+  model = models.get_model(model_name, shape, 10)
+  assert jax.default_backend() == 'cpu'
+  assert resolve_local_loop('auto', model, shape) == want
+  assert resolve_local_loop('scan', model, shape) == 'scan'

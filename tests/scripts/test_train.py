@@ -1,0 +1,54 @@
+"""scripts/train.py as a user runs it: outputs, comparison table, resume and
+errors on bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+SMALL = ['--num_rounds=3', '--eval_every=1', '--checkpoint_every=1',
+         '--clients_per_round=3', '--num_clients=6', '--model=logreg',
+         '--progress=false']
+
+
+def _train(*flags):
+  return subprocess.run([sys.executable, '-m', 'scripts.train', *flags],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_compares_algorithms_and_resumes(tmp_path):
+  workdir = str(tmp_path)
+  first = _train(*SMALL, '--algorithm=fedavg,fedyogi', f'--workdir={workdir}')
+  assert first.returncode == 0, first.stderr
+  table = first.stdout[first.stdout.index('algorithm'):]
+  assert 'fedavg' in table and 'fedyogi' in table
+  for name in ('fedavg', 'fedyogi'):
+    with open(os.path.join(workdir, name, 'metrics.jsonl')) as f:
+      rounds = [json.loads(line)['round'] for line in f]
+    assert rounds == [1, 2, 3]
+    with open(os.path.join(workdir, name, 'summary.json')) as f:
+      summary = json.load(f)
+    assert f'{summary["final_test_accuracy"]:.4f}' in table
+
+  again = _train(*SMALL, '--algorithm=fedavg,fedyogi', f'--workdir={workdir}')
+  assert again.returncode == 0, again.stderr
+  assert again.stdout[again.stdout.index('algorithm'):] \
+      .split('\n')[:4] == table.split('\n')[:4]
+
+
+@pytest.mark.parametrize('flag, message', [
+    ('--algorithm=fedfoo', "Unknown algorithm 'fedfoo'; valid algorithms:"),
+    ('--dataset=imagenet', 'value should be one of <digits|synthetic>'),
+    ('--client_optimizer=lion', 'value should be one of'),
+    ('--clients_per_round=50', 'exceeds the population of 6'),
+    ('--client_lr=0', 'client_lr must be a positive number'),
+    ('--batch_size=5000', 'larger than every client'),
+])
+def test_bad_input_is_a_clear_error(tmp_path, flag, message):
+  result = _train(*SMALL, flag, f'--workdir={tmp_path}')
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert 'Traceback' not in result.stderr
