@@ -116,8 +116,8 @@ def resolve_local_loop(local_loop: str, model,
     return 'scan'
   params = jax.eval_shape(model.init, jax.random.key(0))
   x = jax.ShapeDtypeStruct((1,) + tuple(example_shape), jnp.float32)
-  has_conv = 'conv_general_dilated' in str(jax.make_jaxpr(model.apply)(params, x))
-  return 'unroll' if has_conv else 'scan'
+  jaxpr = jax.make_jaxpr(model.apply)(params, x)
+  return 'unroll' if 'conv_general_dilated' in str(jaxpr) else 'scan'
 
 
 class Simulation:
@@ -158,10 +158,11 @@ class Simulation:
     self._cohort_sharding = placement.cohort_sharding(self._mesh)
     replicated = placement.replicated_sharding(self._mesh)
 
-    init_key, self._rounds_key = jax.random.split(jax.random.key(config.seed))
+    init_key, server_key, self._rounds_key = jax.random.split(
+        jax.random.key(config.seed), 3)
     params = model.init(init_key)
     self.server_state = jax.device_put(
-        algorithm.server_init(params, init_key), replicated)
+        algorithm.server_init(params, server_key), replicated)
     self.store = ClientStateStore.replicate(
         algorithm.client_state_init(params), dataset.num_clients)
     self._train_x = jax.device_put(dataset.train_x, replicated)
@@ -255,17 +256,19 @@ class Simulation:
       writer = MetricsWriter(os.path.join(workdir, 'metrics.jsonl'),
                              self.completed_rounds)
     saved = self.completed_rounds
+    unwritten = None  # A finished round's record not yet in metrics.jsonl.
     bar = tqdm.tqdm(total=self.config.num_rounds, initial=saved, unit='round',
                     disable=not self.config.progress, dynamic_ncols=True)
     try:
       while self.completed_rounds < self.config.num_rounds:
-        record = self.run_round()
+        record = unwritten = self.run_round()
         if self._due(self.config.eval_every):
           test = self.evaluate()
           record.update(test_loss=test['loss'], test_accuracy=test['accuracy'])
         self.history.append(record)
         if writer:
           writer.write(record)
+        unwritten = None
         if checkpointer and self._due(self.config.checkpoint_every):
           checkpointer.save(self.completed_rounds, self.server_state,
                             self.store.stacked)
@@ -279,6 +282,8 @@ class Simulation:
             f'{workdir}.') from None
       raise
     except KeyboardInterrupt:
+      if writer and unwritten:
+        writer.write(unwritten)
       if checkpointer and self._consistent and self.completed_rounds > saved:
         checkpointer.save(self.completed_rounds, self.server_state,
                           self.store.stacked)

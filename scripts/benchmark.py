@@ -11,6 +11,10 @@ and two ratios measured in the same process:
     the faster of a Python loop over a jitted step and one jitted scan.
 The limits run in a child process on one default JAX device, as plain JAX
 code would, so the engine's device settings neither help nor hurt them.
+A third figure, ratio_per_client_limit, compares with the same ten clients'
+50 steps each as one bare jitted vmap of scans, sharded over the engine's
+devices: the cost of ten separate models on this machine without any of the
+engine's machinery (sampling, masks, metrics, aggregation).
 
 Examples:
   python -m scripts.benchmark --workload=mlp
@@ -109,6 +113,25 @@ def _scan_seconds(step, params, xs, ys, repeats) -> float:
       lambda: jax.block_until_ready(run_all(params, xs, ys)), repeats)
 
 
+def _per_client_seconds(step, params, xs, ys, repeats) -> float:
+  """Median time of every client's steps as one sharded vmap of scans."""
+  num_devices = max(d for d in range(1, jax.device_count() + 1)
+                    if _COHORT % d == 0)
+  sharding = placement.cohort_sharding(
+      placement.client_mesh(jax.devices()[:num_devices]))
+  xs, ys = jax.device_put((xs, ys), sharding)
+
+  @jax.jit
+  def run_clients(xs, ys):
+    def one_client(xs, ys):
+      return jax.lax.scan(lambda p, b: (step(p, *b), None), params,
+                          (xs, ys))[0]
+    return jax.vmap(one_client)(xs, ys)
+
+  return _median_seconds(lambda: jax.block_until_ready(run_clients(xs, ys)),
+                         repeats)
+
+
 def _peak_device_mb() -> float | None:
   stats = jax.devices()[0].memory_stats()
   return stats['peak_bytes_in_use'] / 2**20 if stats else None
@@ -168,6 +191,11 @@ def benchmark_mlp() -> dict:
   round_s = statistics.median(
       sim.run_round()['wall_s'] for _ in range(_ROUNDS.value))
   limits = _limits_in_child_process()
+  per_client_s = _per_client_seconds(
+      _sgd_step_fn(model), model.init(jax.random.key(0)),
+      x[:_COHORT * _STEPS * _BATCH].reshape(_COHORT, _STEPS, _BATCH, _DIM),
+      y[:_COHORT * _STEPS * _BATCH].reshape(_COHORT, _STEPS, _BATCH),
+      _REPEATS.value)
   return {
       'workload': 'mlp',
       'backend': jax.default_backend(),
@@ -180,6 +208,8 @@ def benchmark_mlp() -> dict:
       **limits,
       'ratio_sequential_limit': round_s / limits['sequential_limit_s'],
       'ratio_batched_limit': round_s / limits['batched_limit_s'],
+      'per_client_limit_s': per_client_s,
+      'ratio_per_client_limit': round_s / per_client_s,
       'peak_mem_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       'peak_device_mem_mb': _peak_device_mb(),
       'num_traces': sim.round_fn.num_traces,

@@ -153,6 +153,8 @@ def main(argv):
       summaries[name] = _run_one(name, dataset, model, run_dir)
   except (ValueError, simulation.TrainingDivergedError) as e:
     sys.exit(f'error: {e}')
+  except KeyboardInterrupt:
+    sys.exit(130)  # The simulation has said where its progress is saved.
   print()
   print(format_table(summaries))
   print(f'\nMetrics and checkpoints: {workdir}')

@@ -182,3 +182,27 @@ def test_auto_loop_unrolls_only_convolutions_on_cpu(model_name, shape, want):
   assert jax.default_backend() == 'cpu'
   assert resolve_local_loop('auto', model, shape) == want
   assert resolve_local_loop('scan', model, shape) == 'scan'
+
+
+def test_interrupt_during_evaluation_keeps_the_round_in_the_log(dataset,
+                                                                tmp_path):
+  workdir = str(tmp_path)
+  first = _simulation(dataset, workdir, checkpoint_every=5)
+  evaluate = first.evaluate
+
+  def interrupted_evaluate():
+    if first.completed_rounds == 4:
+      raise KeyboardInterrupt
+    return evaluate()
+
+  first.evaluate = interrupted_evaluate
+  with pytest.raises(KeyboardInterrupt):
+    first.run()
+  assert Checkpointer(os.path.join(workdir, 'checkpoints')).latest_round() == 4
+  logged = [m['round'] for m in read_metrics(
+      os.path.join(workdir, 'metrics.jsonl'))]
+  assert logged == [1, 2, 3, 4]
+  _simulation(dataset, workdir, checkpoint_every=5).run()
+  logged = [m['round'] for m in read_metrics(
+      os.path.join(workdir, 'metrics.jsonl'))]
+  assert logged == list(range(1, NUM_ROUNDS + 1))
