@@ -6,6 +6,7 @@ batch shuffles and the PRNG keys derive from the seed and the round), so a
 resumed run is bit-identical to an uninterrupted one.
 """
 
+import os
 from typing import Any
 
 import jax
@@ -19,7 +20,7 @@ class Checkpointer:
 
   def __init__(self, directory: str, max_to_keep: int = 2):
     self._manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(
+        os.path.abspath(directory), options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True))
 
   def latest_round(self) -> int | None:

@@ -88,3 +88,15 @@ def test_empty_tuple_client_state(tmp_path):
   assert restored_clients == ()
   np.testing.assert_array_equal(restored_server['w'], [1.5, -2.0])
   ckpt.close()
+
+
+def test_relative_directory_works(tmp_path, monkeypatch):
+  """A workdir given as a relative path (the CLI's default) checkpoints."""
+  monkeypatch.chdir(tmp_path)
+  checkpointer = Checkpointer(os.path.join('runs', 'x', 'checkpoints'))
+  checkpointer.save(1, {'w': jnp.ones(2)}, ())
+  checkpointer.close()
+  restored, _ = Checkpointer('runs/x/checkpoints').restore(
+      1, {'w': jnp.zeros(2)}, ())
+  np.testing.assert_array_equal(restored['w'], [1.0, 1.0])
+  assert os.path.isdir(tmp_path / 'runs' / 'x' / 'checkpoints' / '1')

@@ -14,9 +14,19 @@ SMALL = ['--num_rounds=3', '--eval_every=1', '--checkpoint_every=1',
          '--progress=false']
 
 
-def _train(*flags):
+def _train(*flags, cwd=REPO):
+  env = {**os.environ, 'PYTHONPATH': REPO}
   return subprocess.run([sys.executable, '-m', 'scripts.train', *flags],
-                        cwd=REPO, capture_output=True, text=True, timeout=300)
+                        cwd=cwd, env=env, capture_output=True, text=True,
+                        timeout=300)
+
+
+def test_default_workdir_is_a_new_relative_runs_dir(tmp_path):
+  result = _train(*SMALL, '--algorithm=fedavg', cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  (run,) = os.listdir(tmp_path / 'runs')
+  assert os.path.exists(tmp_path / 'runs' / run / 'summary.json')
+  assert os.listdir(tmp_path / 'runs' / run / 'checkpoints')
 
 
 def test_compares_algorithms_and_resumes(tmp_path):
