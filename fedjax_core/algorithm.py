@@ -9,7 +9,8 @@ nothing of devices.
 One round, for each client of the cohort (vmapped by the engine):
 
   local = client_init(server_state, client_state, rng)
-  for each local step with data:  local, step_metrics = local_step(local, batch, rng)
+  for each local step with data:
+    local, step_metrics = local_step(local, batch, rng)
   output = client_final(server_state, client_state, local, info)
 
 then, for the cohort as a whole:

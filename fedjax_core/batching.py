@@ -57,12 +57,16 @@ def num_local_steps(client_sizes: np.ndarray, batch_size: int,
     return local_steps
   if local_epochs < 1:
     raise ValueError(f'local_epochs must be positive, got {local_epochs}.')
-  return max(math.ceil(int(n) / batch_size) for n in client_sizes) * local_epochs
+  steps_per_epoch = max(math.ceil(int(n) / batch_size) for n in client_sizes)
+  return steps_per_epoch * local_epochs
 
 
 def _epoch_batches(rows: np.ndarray, rng: np.random.Generator,
                    batch_size: int, local_epochs: int) -> list[np.ndarray]:
-  """E shuffled passes over `rows`, each cut into batches of B (last partial)."""
+  """E shuffled passes over `rows`, each cut into batches of B.
+
+  The last batch of each pass is partial when B does not divide n.
+  """
   batches = []
   for _ in range(local_epochs):
     perm = rng.permutation(rows)

@@ -28,8 +28,8 @@ class MetricsWriter:
     kept = []
     if os.path.exists(path):
       with open(path) as f:
-        kept = [line for line in f
-                if line.strip() and json.loads(line)['round'] <= completed_rounds]
+        kept = [line for line in f if line.strip()
+                and json.loads(line)['round'] <= completed_rounds]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, 'w') as f:
       f.writelines(kept)

@@ -34,7 +34,6 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import algorithms
 from fedjax_core import FederatedDataset, Simulation, SimulationConfig
@@ -167,8 +166,9 @@ def mlp_limits() -> dict:
 
 def _limits_in_child_process() -> dict:
   result = subprocess.run(
-      [sys.executable, '-m', 'scripts.benchmark', f'--workload={_WORKLOAD.value}',
-       '--limits_only', '--cpu_devices=1', f'--repeats={_REPEATS.value}'],
+      [sys.executable, '-m', 'scripts.benchmark',
+       f'--workload={_WORKLOAD.value}', '--limits_only', '--cpu_devices=1',
+       f'--repeats={_REPEATS.value}'],
       capture_output=True, text=True, check=True)
   return json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -99,7 +99,7 @@ def test_resumed_run_is_bit_identical(dataset, tmp_path, uninterrupted,
   assert all(jax.tree.leaves(same)), 'resumed model differs'
   metrics = read_metrics(os.path.join(workdir, 'metrics.jsonl'))
   assert [m['round'] for m in metrics] == list(range(1, NUM_ROUNDS + 1))
-  for got, want in zip(metrics, want_metrics):
+  for got, want in zip(metrics, want_metrics, strict=True):
     assert got['train_loss'] == want['train_loss']
     assert got.get('test_accuracy') == want.get('test_accuracy')
   assert summary['final_test_accuracy'] == want_summary['final_test_accuracy']
@@ -114,7 +114,7 @@ def test_rerun_of_a_finished_run_trains_nothing(dataset, tmp_path):
   assert summary['rounds'] == NUM_ROUNDS
 
 
-def test_outputs_follow_the_documented_interface(dataset, tmp_path, uninterrupted):
+def test_outputs_follow_the_documented_interface(uninterrupted):
   _, metrics, summary = uninterrupted
   for record in metrics:
     assert {'round', 'train_loss', 'wall_s', 'examples_per_s'} <= set(record)
