@@ -29,7 +29,8 @@ def use_cpu_device_per_core(num_devices: int | None = None) -> None:
   2x faster rounds on the `mlp` benchmark; see BUILD_NOTES.md). Call it
   before JAX starts its backends. It changes nothing on GPU or TPU.
   """
-  num_devices = num_devices or os.cpu_count() or 1
+  if num_devices is None:
+    num_devices = os.cpu_count() or 1
   if num_devices < 1:
     raise ValueError(f'num_devices must be positive, got {num_devices}.')
   if 'xla_force_host_platform_device_count' not in os.environ.get(

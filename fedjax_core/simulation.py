@@ -101,7 +101,7 @@ class SimulationConfig:
           f'--client_chunk must be positive, got {self.client_chunk}.')
 
 
-def resolve_local_loop(local_loop: str, model,
+def resolve_local_loop(local_loop: str, apply_fn, params,
                        example_shape: tuple[int, ...]) -> str:
   """The loop strategy `auto` stands for with this model and backend.
 
@@ -114,9 +114,8 @@ def resolve_local_loop(local_loop: str, model,
     return local_loop
   if jax.default_backend() != 'cpu':
     return 'scan'
-  params = jax.eval_shape(model.init, jax.random.key(0))
   x = jax.ShapeDtypeStruct((1,) + tuple(example_shape), jnp.float32)
-  jaxpr = jax.make_jaxpr(model.apply)(params, x)
+  jaxpr = jax.make_jaxpr(apply_fn)(params, x)
   return 'unroll' if 'conv_general_dilated' in str(jaxpr) else 'scan'
 
 
@@ -151,8 +150,6 @@ class Simulation:
     self.num_steps = batching.num_local_steps(
         dataset.client_sizes, config.batch_size, self._local_epochs,
         config.local_steps)
-    self.local_loop = resolve_local_loop(config.local_loop, model,
-                                         dataset.example_shape)
     self._algorithm = algorithm
     self._mesh = placement.client_mesh() if mesh is None else mesh
     self._cohort_sharding = placement.cohort_sharding(self._mesh)
@@ -161,6 +158,8 @@ class Simulation:
     init_key, server_key, self._rounds_key = jax.random.split(
         jax.random.key(config.seed), 3)
     params = model.init(init_key)
+    self.local_loop = resolve_local_loop(config.local_loop, model.apply,
+                                         params, dataset.example_shape)
     self.server_state = jax.device_put(
         algorithm.server_init(params, server_key), replicated)
     self.store = ClientStateStore.replicate(

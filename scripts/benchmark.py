@@ -143,14 +143,22 @@ def _mlp_data() -> tuple[np.ndarray, np.ndarray]:
           rng.integers(0, _CLASSES, n).astype(np.int32))
 
 
+def _cohort_arrays(x: np.ndarray, y: np.ndarray) -> tuple[jax.Array, ...]:
+  """One round's examples as `[cohort, steps, batch, ...]` arrays."""
+  n = _COHORT * _STEPS * _BATCH
+  return (jnp.asarray(x[:n].reshape(_COHORT, _STEPS, _BATCH, _DIM)),
+          jnp.asarray(y[:n].reshape(_COHORT, _STEPS, _BATCH)))
+
+
 def mlp_limits() -> dict:
   """The sequential and batched limits of workload `mlp`, in seconds."""
   x, y = _mlp_data()
   model = models.get_model('mlp', (_DIM,), _CLASSES)
   params = model.init(jax.random.key(0))
   step = _sgd_step_fn(model)
-  seq_x = jnp.asarray(x[:_COHORT * _STEPS * _BATCH].reshape(-1, _BATCH, _DIM))
-  seq_y = jnp.asarray(y[:_COHORT * _STEPS * _BATCH].reshape(-1, _BATCH))
+  cohort_x, cohort_y = _cohort_arrays(x, y)
+  seq_x = cohort_x.reshape(-1, _BATCH, _DIM)
+  seq_y = cohort_y.reshape(-1, _BATCH)
   big_x = seq_x.reshape(_STEPS, _COHORT * _BATCH, _DIM)
   big_y = seq_y.reshape(_STEPS, _COHORT * _BATCH)
   loop_s = _python_loop_seconds(step, params, big_x, big_y, _REPEATS.value)
@@ -193,9 +201,7 @@ def benchmark_mlp() -> dict:
   limits = _limits_in_child_process()
   per_client_s = _per_client_seconds(
       _sgd_step_fn(model), model.init(jax.random.key(0)),
-      x[:_COHORT * _STEPS * _BATCH].reshape(_COHORT, _STEPS, _BATCH, _DIM),
-      y[:_COHORT * _STEPS * _BATCH].reshape(_COHORT, _STEPS, _BATCH),
-      _REPEATS.value)
+      *_cohort_arrays(x, y), _REPEATS.value)
   return {
       'workload': 'mlp',
       'backend': jax.default_backend(),

@@ -116,3 +116,11 @@ def test_sharded_round_trip_on_eight_host_devices():
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr
   assert 'OK' in proc.stdout
+
+
+def test_use_cpu_device_per_core_rejects_non_positive_counts():
+  """0 or a negative count is an error, not a silent default."""
+  with pytest.raises(ValueError, match='num_devices must be positive'):
+    placement.use_cpu_device_per_core(0)
+  with pytest.raises(ValueError, match='num_devices must be positive'):
+    placement.use_cpu_device_per_core(-2)

@@ -179,9 +179,10 @@ def test_summary_file_is_written(dataset, tmp_path):
 ])
 def test_auto_loop_unrolls_only_convolutions_on_cpu(model_name, shape, want):
   model = models.get_model(model_name, shape, 10)
+  params = model.init(jax.random.key(0))
   assert jax.default_backend() == 'cpu'
-  assert resolve_local_loop('auto', model, shape) == want
-  assert resolve_local_loop('scan', model, shape) == 'scan'
+  assert resolve_local_loop('auto', model.apply, params, shape) == want
+  assert resolve_local_loop('scan', model.apply, params, shape) == 'scan'
 
 
 def test_interrupt_during_evaluation_keeps_the_round_in_the_log(dataset,
