@@ -1,14 +1,80 @@
-"""Federated datasets held in host memory as compact numpy arrays.
+"""Datasets held in host memory as compact numpy arrays.
 
-A `FederatedDataset` is the whole population's training data plus a global
-held-out test split. Client `i` owns the training rows `client_indices[i]`.
-Round batching (`fedjax_core.batching`) turns a cohort of client ids into
+A `CentralDataset` is what a loader reads: a training split, a held-out
+test split and, where the data have one, a natural group key per training
+row (a device or writer id). Partitioning it (`fedjax_core.partition`) makes
+a `FederatedDataset`: the same arrays plus which rows each client owns, and
+optionally each client's own held-out rows for per-client metrics. Round
+batching (`fedjax_core.batching`) turns a cohort of client ids into
 static-shape index and mask arrays into these rows.
+
+Images stay uint8 in host and device memory (4x smaller than float32);
+`as_float` maps them to [0, 1] inside the compiled round.
 """
 
 import dataclasses
 
+import jax.numpy as jnp
 import numpy as np
+
+from fedjax_core.client_indices import ClientIndices
+
+
+def as_float(x):
+  """float32 features: uint8 pixels scaled to [0, 1], floats unchanged.
+
+  Works on numpy and JAX arrays; the branch is on the static dtype.
+  """
+  if x.dtype == np.uint8:
+    return x.astype(jnp.float32) * (1.0 / 255.0)
+  return x.astype(jnp.float32)
+
+
+def _check_splits(name: str, train_x, train_y, test_x, test_y):
+  """Raises ValueError unless x and y agree in length and both splits'
+  examples have one shape."""
+  for split, x, y in (('train', train_x, train_y), ('test', test_x, test_y)):
+    if len(x) != len(y):
+      raise ValueError(f'{name}: {split}_x has {len(x)} rows but {split}_y '
+                       f'has {len(y)}.')
+  if train_x.shape[1:] != test_x.shape[1:]:
+    raise ValueError(
+        f'{name}: train examples have shape {train_x.shape[1:]} but test '
+        f'examples have shape {test_x.shape[1:]}.')
+
+
+@dataclasses.dataclass(frozen=True)
+class CentralDataset:
+  """A dataset before it is split across clients.
+
+  Attributes:
+    name: dataset name, as given to `fedjax_core.datasets.load_dataset`.
+    train_x: `[num_train, *example_shape]` inputs (uint8 images or float32).
+    train_y: `[num_train]` int32 labels.
+    test_x: `[num_test, *example_shape]` held-out inputs.
+    test_y: `[num_test]` int32 held-out labels.
+    num_classes: number of label classes.
+    train_groups: `[num_train]` int natural group key of each training row
+      (for example the device that produced it), or None if the dataset has
+      none; the 'natural' partition needs it.
+  """
+
+  name: str
+  train_x: np.ndarray
+  train_y: np.ndarray
+  test_x: np.ndarray
+  test_y: np.ndarray
+  num_classes: int
+  train_groups: np.ndarray | None = None
+
+  def __post_init__(self):
+    _check_splits(self.name, self.train_x, self.train_y, self.test_x,
+                  self.test_y)
+    if (self.train_groups is not None and
+        len(self.train_groups) != len(self.train_y)):
+      raise ValueError(
+          f'{self.name}: train_groups has {len(self.train_groups)} entries '
+          f'but there are {len(self.train_y)} training rows.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,40 +83,43 @@ class FederatedDataset:
 
   Attributes:
     name: dataset name, as given to `fedjax_core.datasets.load_dataset`.
-    train_x: `[num_train, *example_shape]` inputs of all clients.
+    train_x: `[num_train, *example_shape]` inputs of all clients (uint8
+      images or float32).
     train_y: `[num_train]` int32 labels.
-    client_indices: client id -> int array of its rows in `train_x`.
+    client_indices: the training rows of each client.
     test_x: `[num_test, *example_shape]` global held-out inputs.
     test_y: `[num_test]` int32 held-out labels.
     num_classes: number of label classes.
+    local_test_indices: rows of `train_x` each client holds out from
+      training as its own test split (for per-client metrics), or None.
   """
 
   name: str
   train_x: np.ndarray
   train_y: np.ndarray
-  client_indices: tuple[np.ndarray, ...]
+  client_indices: ClientIndices
   test_x: np.ndarray
   test_y: np.ndarray
   num_classes: int
+  local_test_indices: ClientIndices | None = None
 
   def __post_init__(self):
-    if len(self.train_x) != len(self.train_y):
+    _check_splits(self.name, self.train_x, self.train_y, self.test_x,
+                  self.test_y)
+    if not isinstance(self.client_indices, ClientIndices):
+      object.__setattr__(self, 'client_indices',
+                         ClientIndices.from_lists(self.client_indices))
+    empty = np.flatnonzero(self.client_indices.sizes == 0)
+    if len(empty):
       raise ValueError(
-          f'{self.name}: train_x has {len(self.train_x)} rows but train_y has '
-          f'{len(self.train_y)}.')
-    if len(self.test_x) != len(self.test_y):
+          f'{self.name}: clients {empty[:10].tolist()} have no training '
+          'examples; use fewer clients or a partition with a minimum client '
+          'size.')
+    if (self.local_test_indices is not None and
+        len(self.local_test_indices) != self.num_clients):
       raise ValueError(
-          f'{self.name}: test_x has {len(self.test_x)} rows but test_y has '
-          f'{len(self.test_y)}.')
-    if self.train_x.shape[1:] != self.test_x.shape[1:]:
-      raise ValueError(
-          f'{self.name}: train examples have shape {self.train_x.shape[1:]} '
-          f'but test examples have shape {self.test_x.shape[1:]}.')
-    empty = [i for i, idx in enumerate(self.client_indices) if len(idx) == 0]
-    if empty:
-      raise ValueError(
-          f'{self.name}: clients {empty[:10]} have no training examples; use '
-          'fewer clients or a partition with a minimum client size.')
+          f'{self.name}: local_test_indices has {len(self.local_test_indices)}'
+          f' clients but client_indices has {self.num_clients}.')
 
   @property
   def num_clients(self) -> int:
@@ -62,5 +131,5 @@ class FederatedDataset:
 
   @property
   def client_sizes(self) -> np.ndarray:
-    """`[num_clients]` int array of training examples per client."""
-    return np.array([len(idx) for idx in self.client_indices], np.int64)
+    """`[num_clients]` int64 training examples per client."""
+    return self.client_indices.sizes
