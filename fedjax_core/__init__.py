@@ -5,11 +5,15 @@ from fedjax_core.algorithm import Batch
 from fedjax_core.algorithm import ClientInfo
 from fedjax_core.algorithm import ClientOutput
 from fedjax_core.batching import CohortBatches
+from fedjax_core.batching import client_num_steps
 from fedjax_core.batching import cohort_batches
-from fedjax_core.batching import num_local_steps
+from fedjax_core.batching import step_buckets
 from fedjax_core.checkpointing import Checkpointer
+from fedjax_core.client_indices import ClientIndices
+from fedjax_core.data import CentralDataset
 from fedjax_core.data import FederatedDataset
 from fedjax_core.evaluation import Evaluator
+from fedjax_core.evaluation import LocalEvaluator
 from fedjax_core.metrics_writer import MetricsWriter
 from fedjax_core.metrics_writer import read_metrics
 from fedjax_core.placement import client_mesh
@@ -27,7 +31,9 @@ from fedjax_core.state_store import ClientStateStore
 __all__ = (
     'Algorithm',
     'Batch',
+    'CentralDataset',
     'Checkpointer',
+    'ClientIndices',
     'ClientInfo',
     'ClientOutput',
     'ClientStateStore',
@@ -35,17 +41,19 @@ __all__ = (
     'CompiledRound',
     'Evaluator',
     'FederatedDataset',
+    'LocalEvaluator',
     'MetricsWriter',
     'RoundInputs',
     'Simulation',
     'SimulationConfig',
     'TrainingDivergedError',
     'client_mesh',
+    'client_num_steps',
     'cohort_batches',
     'map_clients',
-    'num_local_steps',
     'read_metrics',
     'reduce_sum',
     'reduce_weighted_mean',
     'sample_clients',
+    'step_buckets',
 )

@@ -1,18 +1,20 @@
 """Static-shape local-training batches for a cohort.
 
-Every client of every round gets a `[num_steps, batch_size]` array of row
-indices into the training arrays plus a mask, so the compiled round sees one
-shape for the whole run. Local training is either `local_epochs` passes over
+Every client of a round gets a `[num_steps, batch_size]` array of row
+indices into the training arrays plus a mask. `num_steps` is one of a few
+size buckets (`step_buckets`), so the compiled round sees at most that many
+shapes in a run. Local training is either `local_epochs` passes over
 the client's data (ceil(n_i / B) * E real steps for client i, the last batch
 of each pass partial, the remaining steps masked) or exactly `local_steps`
 steps drawn from successive shuffles of the client's data. The shuffles are a
 pure function of `(seed, round, client)`, so a resumed run replays them.
 """
 
-import math
 from typing import NamedTuple
 
 import numpy as np
+
+from fedjax_core.client_indices import ClientIndices
 
 
 class CohortBatches(NamedTuple):
@@ -28,10 +30,10 @@ class CohortBatches(NamedTuple):
   mask: np.ndarray
 
 
-def num_local_steps(client_sizes: np.ndarray, batch_size: int,
-                    local_epochs: int | None = None,
-                    local_steps: int | None = None) -> int:
-  """The static number of local steps that fits every client.
+def client_num_steps(client_sizes: np.ndarray, batch_size: int,
+                     local_epochs: int | None = None,
+                     local_steps: int | None = None) -> np.ndarray:
+  """The real local steps of every client.
 
   Args:
     client_sizes: `[num_clients]` training examples per client.
@@ -40,12 +42,13 @@ def num_local_steps(client_sizes: np.ndarray, batch_size: int,
     local_steps: fixed step count; exclusive with `local_epochs`.
 
   Returns:
-    `max_i ceil(n_i / B) * E`, or `local_steps`.
+    `[num_clients]` int64: `ceil(n_i / B) * E`, or `local_steps` for all.
   """
   if (local_epochs is None) == (local_steps is None):
     raise ValueError('Set exactly one of local_epochs and local_steps.')
   if batch_size < 1:
     raise ValueError(f'batch_size must be positive, got {batch_size}.')
+  client_sizes = np.asarray(client_sizes, np.int64)
   if batch_size > int(np.max(client_sizes)):
     raise ValueError(
         f'batch_size {batch_size} is larger than every client (the largest '
@@ -54,11 +57,42 @@ def num_local_steps(client_sizes: np.ndarray, batch_size: int,
   if local_steps is not None:
     if local_steps < 1:
       raise ValueError(f'local_steps must be positive, got {local_steps}.')
-    return local_steps
+    return np.full(len(client_sizes), local_steps, np.int64)
   if local_epochs < 1:
     raise ValueError(f'local_epochs must be positive, got {local_epochs}.')
-  steps_per_epoch = max(math.ceil(int(n) / batch_size) for n in client_sizes)
-  return steps_per_epoch * local_epochs
+  return -(-client_sizes // batch_size) * local_epochs
+
+
+def step_buckets(steps: np.ndarray, cohort_size: int,
+                 num_buckets: int) -> np.ndarray:
+  """At most `num_buckets` static step counts that rounds are padded to.
+
+  A round runs as many steps as the smallest bucket that fits its cohort's
+  largest client, so a run compiles at most `num_buckets` times. The bucket
+  ceilings are quantiles of the population's step counts at levels
+  `(k / num_buckets) ** (1 / cohort_size)`, k = 1..num_buckets: for a cohort
+  drawn uniformly, its largest client falls below the k-th ceiling with
+  probability about k / num_buckets, so rounds spread evenly over buckets.
+  The last ceiling is the largest client's, so every cohort fits.
+
+  Args:
+    steps: `[num_clients]` real local steps per client.
+    cohort_size: (expected) clients per round.
+    num_buckets: the most step counts to compile for, >= 1.
+
+  Returns:
+    Ascending distinct int64 step counts, the last one `max(steps)`.
+  """
+  if num_buckets < 1:
+    raise ValueError(f'--size_buckets must be >= 1, got {num_buckets}.')
+  levels = (np.arange(1, num_buckets + 1) / num_buckets)**(1 / cohort_size)
+  return np.unique(np.quantile(steps, levels, method='higher')
+                   .astype(np.int64))
+
+
+def bucket_steps(buckets: np.ndarray, cohort_steps: np.ndarray) -> int:
+  """The smallest bucket that fits every client of a cohort."""
+  return int(buckets[np.searchsorted(buckets, np.max(cohort_steps))])
 
 
 def _epoch_batches(rows: np.ndarray, rng: np.random.Generator,
@@ -97,7 +131,7 @@ def _step_batches(rows: np.ndarray, rng: np.random.Generator,
   return batches
 
 
-def cohort_batches(client_indices: tuple[np.ndarray, ...],
+def cohort_batches(client_indices: ClientIndices,
                    client_ids: np.ndarray, *, seed: int, round_num: int,
                    batch_size: int, num_steps: int,
                    local_epochs: int | None = None,
@@ -110,7 +144,7 @@ def cohort_batches(client_indices: tuple[np.ndarray, ...],
     seed: the run seed.
     round_num: the round, counted from 0.
     batch_size: local batch size B.
-    num_steps: static step count from `num_local_steps`.
+    num_steps: static step count, at least every client's real steps.
     local_epochs: E passes; exclusive with `local_steps`.
     local_steps: fixed step count; exclusive with `local_epochs`.
 

@@ -13,6 +13,7 @@ Images stay uint8 in host and device memory (4x smaller than float32);
 """
 
 import dataclasses
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -92,6 +93,8 @@ class FederatedDataset:
     num_classes: number of label classes.
     local_test_indices: rows of `train_x` each client holds out from
       training as its own test split (for per-client metrics), or None.
+    partition_info: how the clients were made (scheme and arguments), for
+      the run's records, or None.
   """
 
   name: str
@@ -102,6 +105,7 @@ class FederatedDataset:
   test_y: np.ndarray
   num_classes: int
   local_test_indices: ClientIndices | None = None
+  partition_info: dict[str, Any] | None = None
 
   def __post_init__(self):
     _check_splits(self.name, self.train_x, self.train_y, self.test_x,

@@ -4,24 +4,31 @@ The loop over local steps is a `lax.scan`, either rolled (a `while` loop: the
 fast choice on GPU and TPU) or fully unrolled (straight-line code: XLA:CPU runs
 convolutions inside loops far slower, jax-ml/jax#12868). Steps without a real
 example leave the local state untouched, so padding never moves the model,
-whatever the optimizer.
+whatever the optimizer. Inputs are converted to float32 (`data.as_float`)
+and, when asked, augmented per step with a key of their own.
 """
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from fedjax_core.algorithm import Algorithm, Batch, ClientInfo, ClientOutput
+from fedjax_core.data import as_float
 
 PyTree = Any
+AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
+# Augmentation keys come from their own stream, so turning augmentation on
+# leaves the keys the algorithm sees unchanged.
+_AUGMENT_STREAM = 0x617567
 
 
 def client_update(algorithm: Algorithm, server_state: PyTree,
                   client_state: PyTree, indices: jax.Array, mask: jax.Array,
                   rng: jax.Array, train_x: jax.Array, train_y: jax.Array, *,
-                  unroll: bool, skip_empty_steps: bool
+                  unroll: bool, skip_empty_steps: bool,
+                  augment: AugmentFn | None = None
                   ) -> tuple[ClientOutput, ClientInfo, dict[str, jax.Array]]:
   """Runs one client's round: init, local steps, final message.
 
@@ -37,6 +44,7 @@ def client_update(algorithm: Algorithm, server_state: PyTree,
     unroll: fully unroll the step loop instead of a rolled `while` loop.
     skip_empty_steps: guard each step so an all-padding step is a no-op
       (needed whenever some steps can be empty).
+    augment: `(key, x) -> x` applied to every float batch, or None.
 
   Returns:
     The algorithm's `ClientOutput`, the engine's `ClientInfo`, and the
@@ -48,8 +56,10 @@ def client_update(algorithm: Algorithm, server_state: PyTree,
 
   def step(local, inputs):
     step_indices, step_mask, step_rng = inputs
-    batch = Batch(x=train_x[step_indices], y=train_y[step_indices],
-                  mask=step_mask)
+    x = as_float(train_x[step_indices])
+    if augment is not None:
+      x = augment(jax.random.fold_in(step_rng, _AUGMENT_STREAM), x)
+    batch = Batch(x=x, y=train_y[step_indices], mask=step_mask)
     new_local, step_metrics = algorithm.local_step(local, batch, step_rng)
     count = jnp.sum(step_mask)
     if skip_empty_steps:

@@ -1,5 +1,6 @@
 """The compiled federated round: every client's local training, aggregation
-and the server update as one jitted function, traced once per run.
+and the server update as one jitted function, traced once per local-step
+bucket.
 """
 
 import functools
@@ -36,17 +37,18 @@ class CompiledRound:
   """`(server_state, cohort_state, train_x, train_y, inputs, round_key) ->
   (server_state, cohort_state, metrics)`, jitted with both states donated.
 
-  `num_traces` counts how often the round was traced; a run should trace it
-  exactly once.
+  `num_traces` counts how often the round was traced: once per local-step
+  bucket a run meets (`SimulationConfig.size_buckets`).
   """
 
   def __init__(self, algorithm: Algorithm, *, unroll: bool,
-               skip_empty_steps: bool, client_chunk: int | None = None):
+               skip_empty_steps: bool, client_chunk: int | None = None,
+               augment: local_training.AugmentFn | None = None):
     self.num_traces = 0
     self._algorithm = algorithm
     self._client_update = functools.partial(
         local_training.client_update, algorithm, unroll=unroll,
-        skip_empty_steps=skip_empty_steps)
+        skip_empty_steps=skip_empty_steps, augment=augment)
     self._client_chunk = client_chunk
     self._jitted = jax.jit(self._round, donate_argnums=(0, 1))
 

@@ -7,6 +7,7 @@ given a workdir resumes from its newest checkpoint.
 """
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from fedjax_core import augmentation
 from fedjax_core import batching
 from fedjax_core import placement
 from fedjax_core import rounds
@@ -25,7 +27,7 @@ from fedjax_core import sampling
 from fedjax_core.algorithm import Algorithm
 from fedjax_core.checkpointing import Checkpointer
 from fedjax_core.data import FederatedDataset
-from fedjax_core.evaluation import Evaluator
+from fedjax_core.evaluation import Evaluator, LocalEvaluator
 from fedjax_core.metrics_writer import MetricsWriter, read_metrics
 from fedjax_core.state_store import ClientStateStore
 
@@ -71,6 +73,11 @@ class SimulationConfig:
     client_chunk: clients vmapped in lockstep; None for the whole cohort.
     eval_batch_size: batch size of evaluation.
     progress: show a progress bar.
+    size_buckets: the most local-step counts a run compiles for: each round
+      is padded to the smallest bucket that fits its cohort's largest client
+      (`batching.step_buckets`); 1 pads every round to the largest client.
+    augment: random crop (padding H // 8) and horizontal flip of every local
+      batch inside the compiled round (the CIFAR recipe of FL-Simulator).
   """
 
   num_rounds: int
@@ -87,6 +94,8 @@ class SimulationConfig:
   eval_batch_size: int = 1024
   progress: bool = True
   participation: str = 'fixed'
+  size_buckets: int = 4
+  augment: bool = False
 
   def validate(self, num_clients: int) -> None:
     """Raises ValueError naming the first bad setting and its fix."""
@@ -94,7 +103,8 @@ class SimulationConfig:
                 'clients_per_round': self.clients_per_round,
                 'batch_size': self.batch_size,
                 'checkpoint_every': self.checkpoint_every,
-                'eval_batch_size': self.eval_batch_size}
+                'eval_batch_size': self.eval_batch_size,
+                'size_buckets': self.size_buckets}
     for name, value in positive.items():
       if value < 1:
         raise ValueError(f'--{name} must be positive, got {value}.')
@@ -162,9 +172,11 @@ class Simulation:
     self._local_epochs = config.local_epochs
     if config.local_epochs is None and config.local_steps is None:
       self._local_epochs = 1
-    self.num_steps = batching.num_local_steps(
+    self._client_steps = batching.client_num_steps(
         dataset.client_sizes, config.batch_size, self._local_epochs,
         config.local_steps)
+    self.step_buckets = batching.step_buckets(
+        self._client_steps, config.clients_per_round, config.size_buckets)
     self._algorithm = algorithm
     self._mesh = placement.client_mesh() if mesh is None else mesh
     self._cohort_sharding = placement.cohort_sharding(self._mesh)
@@ -184,19 +196,38 @@ class Simulation:
         algorithm.client_state_init(params), dataset.num_clients)
     self._train_x = jax.device_put(dataset.train_x, replicated)
     self._train_y = jax.device_put(dataset.train_y, replicated)
+    augment = None
+    if config.augment:
+      augment = functools.partial(augmentation.random_crop_flip,
+                                  padding=dataset.example_shape[0] // 8)
     self.round_fn = rounds.CompiledRound(
         algorithm, unroll=self.local_loop == 'unroll',
         skip_empty_steps=config.local_steps is None,
-        client_chunk=config.client_chunk)
+        client_chunk=config.client_chunk, augment=augment)
     self._evaluator = Evaluator(model.apply, dataset.test_x, dataset.test_y,
                                 config.eval_batch_size)
+    self._local_evaluator = None
+    if dataset.local_test_indices is not None:
+      self._local_evaluator = LocalEvaluator(
+          model.apply, dataset.train_x, dataset.train_y,
+          dataset.local_test_indices, config.eval_batch_size)
     self.completed_rounds = 0
     self._consistent = True  # server state, store and round count agree.
     self.history: list[dict[str, Any]] = []
 
   def evaluate(self) -> dict[str, float]:
-    """Test loss and accuracy of the current global model."""
-    return self._evaluator(self._algorithm.server_params(self.server_state))
+    """Metrics of the current global model on held-out data.
+
+    `test_loss` and `test_accuracy` on the test split and, where clients
+    hold out local test rows, the mean and 10th percentile over clients of
+    the accuracy on their own rows.
+    """
+    params = self._algorithm.server_params(self.server_state)
+    test = self._evaluator(params)
+    metrics = {'test_loss': test['loss'], 'test_accuracy': test['accuracy']}
+    if self._local_evaluator:
+      metrics.update(self._local_evaluator(params))
+    return metrics
 
   def _round_inputs(self, round_num: int) -> tuple[np.ndarray,
                                                    rounds.RoundInputs]:
@@ -216,7 +247,9 @@ class Simulation:
     batches = batching.cohort_batches(
         self.dataset.client_indices, ids, seed=self.config.seed,
         round_num=round_num, batch_size=self.config.batch_size,
-        num_steps=self.num_steps, local_epochs=self._local_epochs,
+        num_steps=batching.bucket_steps(self.step_buckets,
+                                        self._client_steps[ids]),
+        local_epochs=self._local_epochs,
         local_steps=self.config.local_steps)
     pad = cohort - len(ids) + (-cohort % self._mesh.size)
     padded_ids = np.concatenate([ids, np.zeros(pad, ids.dtype)])
@@ -258,6 +291,7 @@ class Simulation:
     wall_s = time.perf_counter() - start
     return {'round': self.completed_rounds, **metrics, 'wall_s': wall_s,
             'examples_per_s': metrics['num_examples'] / wall_s,
+            'local_steps': inputs.mask.shape[1],
             'padding_fraction': padding_fraction}
 
   def _due(self, every: int) -> bool:
@@ -290,8 +324,7 @@ class Simulation:
       while self.completed_rounds < self.config.num_rounds:
         record = unwritten = self.run_round()
         if self._due(self.config.eval_every):
-          test = self.evaluate()
-          record.update(test_loss=test['loss'], test_accuracy=test['accuracy'])
+          record.update(self.evaluate())
         self.history.append(record)
         if writer:
           writer.write(record)
@@ -341,7 +374,8 @@ def _postfix(record: dict[str, Any]) -> dict[str, str]:
 
 
 def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
-  """Final and best test accuracy, and total round time, of a run."""
+  """Final and best test accuracy (and the final per-client accuracy where
+  clients hold out test rows), and total round time, of a run."""
   evaluated = [r for r in history if 'test_accuracy' in r]
   summary: dict[str, Any] = {
       'rounds': history[-1]['round'] if history else 0,
@@ -354,4 +388,7 @@ def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
                    final_test_loss=evaluated[-1]['test_loss'],
                    best_test_accuracy=best['test_accuracy'],
                    best_round=best['round'])
+    for key in ('local_test_accuracy_mean', 'local_test_accuracy_p10'):
+      if key in evaluated[-1]:
+        summary[f'final_{key}'] = evaluated[-1][key]
   return summary

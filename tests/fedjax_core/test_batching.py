@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fedjax_core import batching
+from fedjax_core.client_indices import ClientIndices
 
 # Three clients of sizes 5, 12 and 7 owning disjoint, interleaved rows.
 _ROWS = np.random.default_rng(0).permutation(24)
@@ -14,18 +15,46 @@ _CLIENTS = (np.sort(_ROWS[:5]), np.sort(_ROWS[5:17]), np.sort(_ROWS[17:]))
 _SIZES = np.array([5, 12, 7])
 
 
-def test_num_local_steps_epoch_mode_by_hand():
-  """Sizes [5, 12, 7], B=4, E=2: max(2, 3, 2) * 2 = 6 steps."""
-  assert batching.num_local_steps(_SIZES, 4, local_epochs=2) == 6
-  # B=5: max(1, 3, 2) * 3 = 9.
-  assert batching.num_local_steps(_SIZES, 5, local_epochs=3) == 9
-  # B=12: max(1, 1, 1) * 1 = 1.
-  assert batching.num_local_steps(_SIZES, 12, local_epochs=1) == 1
+def test_client_num_steps_epoch_mode_by_hand():
+  """Sizes [5, 12, 7], B=4, E=2: [2, 3, 2] * 2 steps."""
+  np.testing.assert_array_equal(
+      batching.client_num_steps(_SIZES, 4, local_epochs=2), [4, 6, 4])
+  np.testing.assert_array_equal(
+      batching.client_num_steps(_SIZES, 5, local_epochs=3), [3, 9, 6])
+  np.testing.assert_array_equal(
+      batching.client_num_steps(_SIZES, 12, local_epochs=1), [1, 1, 1])
 
 
-def test_num_local_steps_passes_local_steps_through():
-  """In step mode the step count is local_steps itself."""
-  assert batching.num_local_steps(_SIZES, 4, local_steps=7) == 7
+def test_client_num_steps_passes_local_steps_through():
+  """In step mode every client runs local_steps steps."""
+  np.testing.assert_array_equal(
+      batching.client_num_steps(_SIZES, 4, local_steps=7), [7, 7, 7])
+
+
+def test_step_buckets_are_cohort_max_quantiles():
+  """Steps 1..100, cohort 2, 4 buckets: levels (k/4)^(1/2) = 0.5, 0.7071,
+  0.8660, 1 at sorted positions level * 99 = 49.5, 70.004, 85.74, 99,
+  rounded up to 50, 71, 86, 99: steps 51, 72, 87, 100."""
+  steps = np.arange(1, 101)
+  np.testing.assert_array_equal(batching.step_buckets(steps, 2, 4),
+                                [51, 72, 87, 100])
+  # One bucket pads every round to the largest client.
+  np.testing.assert_array_equal(batching.step_buckets(steps, 2, 1), [100])
+  # Equal clients need one bucket, whatever is asked.
+  np.testing.assert_array_equal(
+      batching.step_buckets(np.full(9, 6), 3, 4), [6])
+
+
+def test_bucket_steps_is_the_smallest_bucket_that_fits():
+  buckets = np.array([51, 71, 87, 100])
+  assert batching.bucket_steps(buckets, np.array([3, 51])) == 51
+  assert batching.bucket_steps(buckets, np.array([52, 10])) == 71
+  assert batching.bucket_steps(buckets, np.array([100])) == 100
+
+
+def test_step_buckets_rejects_zero_buckets():
+  with pytest.raises(ValueError, match='size_buckets must be >= 1'):
+    batching.step_buckets(np.arange(1, 5), 2, 0)
 
 
 @pytest.mark.parametrize('kwargs,match', [
@@ -38,18 +67,19 @@ def test_num_local_steps_passes_local_steps_through():
     (dict(batch_size=4, local_epochs=-1), 'local_epochs must be positive'),
     (dict(batch_size=4, local_steps=0), 'local_steps must be positive'),
 ])
-def test_num_local_steps_rejects_bad_settings(kwargs, match):
+def test_client_num_steps_rejects_bad_settings(kwargs, match):
   """Bad settings raise ValueError naming the problem."""
   with pytest.raises(ValueError, match=match):
-    batching.num_local_steps(_SIZES, **kwargs)
+    batching.client_num_steps(_SIZES, **kwargs)
 
 
 def _epoch_batches(ids, seed=0, round_num=0, batch_size=4, epochs=2):
-  num_steps = batching.num_local_steps(_SIZES, batch_size,
-                                       local_epochs=epochs)
-  return batching.cohort_batches(_CLIENTS, np.asarray(ids), seed=seed,
-                                 round_num=round_num, batch_size=batch_size,
-                                 num_steps=num_steps, local_epochs=epochs)
+  num_steps = batching.client_num_steps(_SIZES, batch_size,
+                                        local_epochs=epochs).max()
+  return batching.cohort_batches(
+      ClientIndices.from_lists(_CLIENTS), np.asarray(ids), seed=seed,
+      round_num=round_num, batch_size=batch_size, num_steps=num_steps,
+      local_epochs=epochs)
 
 
 def test_epoch_mode_shapes_and_dtypes():

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from fedjax_core import datasets
+from fedjax_core import partition as partition_lib
 from fedjax_core.data import FederatedDataset
+from tfds_fakes import mock_tfds
 
 _DIGITS_CLASS_COUNTS = np.array(
     [178, 182, 177, 183, 181, 182, 181, 179, 174, 180])
@@ -15,14 +17,18 @@ def _assert_same_dataset(a, b):
   for field in ('train_x', 'train_y', 'test_x', 'test_y'):
     np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
   assert a.num_clients == b.num_clients
-  for x, y in zip(a.client_indices, b.client_indices):
-    np.testing.assert_array_equal(x, y)
+  np.testing.assert_array_equal(a.client_indices.rows, b.client_indices.rows)
+  np.testing.assert_array_equal(a.client_indices.offsets,
+                                b.client_indices.offsets)
 
 
 def _assert_partitions_train(data):
-  np.testing.assert_array_equal(
-      np.sort(np.concatenate(data.client_indices)),
-      np.arange(len(data.train_y)))
+  np.testing.assert_array_equal(np.sort(data.client_indices.rows),
+                                np.arange(len(data.train_y)))
+
+
+def _digits(**kwargs):
+  return datasets.load_dataset('digits', **kwargs)
 
 
 # Digits.
@@ -30,7 +36,7 @@ def _assert_partitions_train(data):
 
 @pytest.mark.parametrize('partition', ['dirichlet', 'iid'])
 def test_digits_shapes_and_values(partition):
-  data = datasets.load_digits(num_clients=15, partition=partition)
+  data = _digits(num_clients=15, partition=partition)
   assert isinstance(data, FederatedDataset)
   assert data.name == 'digits' and data.num_classes == 10
   assert data.num_clients == 15
@@ -56,26 +62,21 @@ def test_digits_test_split_is_stratified(test_fraction):
 
 
 def test_digits_dirichlet_clients_have_two_examples():
-  data = datasets.load_digits(num_clients=100, dirichlet_alpha=1.0)
+  data = _digits(num_clients=100, dirichlet_alpha=1.0)
   assert data.client_sizes.min() >= 2
 
 
 def test_digits_iid_clients_are_balanced():
-  sizes = datasets.load_digits(num_clients=13, partition='iid').client_sizes
+  sizes = _digits(num_clients=13, partition='iid').client_sizes
   assert sizes.max() - sizes.min() <= 1
 
 
 def test_digits_is_deterministic():
-  a = datasets.load_digits(seed=5)
-  _assert_same_dataset(a, datasets.load_digits(seed=5))
-  b = datasets.load_digits(seed=6)
+  a = _digits(seed=5)
+  _assert_same_dataset(a, _digits(seed=5))
+  b = _digits(seed=6)
   assert not np.array_equal(a.test_x, b.test_x)
   assert not np.array_equal(a.client_sizes, b.client_sizes)
-
-
-def test_digits_rejects_unknown_partition():
-  with pytest.raises(ValueError, match="valid partitions: dirichlet, iid"):
-    datasets.load_digits(partition='shards')
 
 
 @pytest.mark.parametrize('test_fraction', [0.0, 1.0])
@@ -116,8 +117,10 @@ def _fedprox_synthetic(alpha, beta, num_clients, seed):
 
 
 def test_synthetic_matches_fedprox_generator():
+  """With the default natural partition, client k is device k."""
   sizes, xs, ys = _fedprox_synthetic(0.5, 0.5, num_clients=3, seed=1)
-  data = datasets.load_synthetic(alpha=0.5, beta=0.5, num_clients=3, seed=1)
+  data = datasets.load_dataset('synthetic', synthetic_alpha=0.5,
+                               synthetic_beta=0.5, num_clients=3, seed=1)
   assert sizes.min() >= 50
   test_start = 0
   for k, indices in enumerate(data.client_indices):
@@ -135,7 +138,7 @@ def test_synthetic_matches_fedprox_generator():
 
 
 def test_synthetic_shapes_sizes_and_labels():
-  data = datasets.load_synthetic(num_clients=10, seed=0)
+  data = datasets.load_dataset('synthetic', num_clients=10, seed=0)
   assert data.name == 'synthetic' and data.num_classes == 10
   assert data.num_clients == 10
   assert data.example_shape == (60,)
@@ -150,16 +153,17 @@ def test_synthetic_shapes_sizes_and_labels():
 
 
 def test_synthetic_is_deterministic():
-  a = datasets.load_synthetic(num_clients=5, seed=2)
-  _assert_same_dataset(a, datasets.load_synthetic(num_clients=5, seed=2))
-  b = datasets.load_synthetic(num_clients=5, seed=3)
+  a = datasets.load_dataset('synthetic', num_clients=5, seed=2)
+  _assert_same_dataset(
+      a, datasets.load_dataset('synthetic', num_clients=5, seed=2))
+  b = datasets.load_dataset('synthetic', num_clients=5, seed=3)
   assert not np.array_equal(a.client_sizes, b.client_sizes)
 
 
 @pytest.mark.parametrize('kwargs,match', [
     ({'alpha': -1.0}, 'alpha and beta must be >= 0'),
     ({'beta': -0.5}, 'alpha and beta must be >= 0'),
-    ({'num_clients': 0}, 'num_clients must be >= 1'),
+    ({'num_devices': 0}, 'num_devices must be >= 1'),
 ])
 def test_synthetic_rejects_bad_arguments(kwargs, match):
   with pytest.raises(ValueError, match=match):
@@ -169,31 +173,73 @@ def test_synthetic_rejects_bad_arguments(kwargs, match):
 # Registry.
 
 
-def test_load_dataset_dispatches_to_digits():
-  _assert_same_dataset(
-      datasets.load_dataset('digits', num_clients=7, seed=1, partition='iid'),
-      datasets.load_digits(num_clients=7, seed=1, partition='iid'))
-  _assert_same_dataset(
-      datasets.load_dataset('digits', dirichlet_alpha=2.0),
-      datasets.load_digits(num_clients=20, dirichlet_alpha=2.0))
-
-
-def test_load_dataset_dispatches_to_synthetic():
-  _assert_same_dataset(
-      datasets.load_dataset('synthetic', num_clients=4, seed=2,
-                            synthetic_alpha=0.0, synthetic_beta=0.5),
-      datasets.load_synthetic(alpha=0.0, beta=0.5, num_clients=4, seed=2))
+def test_default_partitions_and_populations():
+  assert datasets.default_partition('synthetic') == 'natural'
+  for name in ('digits', 'mnist', 'cifar10'):
+    assert datasets.default_partition(name) == 'dirichlet'
+  digits = _digits()
+  assert digits.num_clients == 20
+  assert digits.partition_info['scheme'] == 'dirichlet'
+  assert digits.partition_info['args']['dirichlet_alpha'] == 0.5
   assert datasets.load_dataset('synthetic').num_clients == 30
 
 
-def test_dataset_names_all_load():
-  assert datasets.DATASET_NAMES == ('digits', 'synthetic')
-  for name in datasets.DATASET_NAMES:
-    assert datasets.load_dataset(name, num_clients=3).name == name
+@pytest.mark.parametrize(
+    'partition', [p for p in partition_lib.PARTITION_NAMES if p != 'natural'])
+def test_every_partition_applies_to_digits(partition):
+  data = _digits(num_clients=10, partition=partition)
+  assert data.num_clients == 10
+  assert data.partition_info['scheme'] == partition
+  _assert_partitions_train(data)
+
+
+def test_synthetic_can_be_repartitioned():
+  """Any partition re-splits synthetic's pooled rows."""
+  data = datasets.load_dataset('synthetic', num_clients=6, partition='iid')
+  sizes = data.client_sizes
+  assert sizes.max() - sizes.min() <= 1
+  _assert_partitions_train(data)
+
+
+def test_natural_partition_needs_a_group_key():
+  with pytest.raises(ValueError, match='no natural grouping'):
+    _digits(partition='natural')
+
+
+def test_local_test_split_is_held_out_of_training():
+  """Each client holds out floor(0.25 n_i) of its own rows; training and
+  local test rows together are the original partition."""
+  whole = _digits(num_clients=8, seed=3)
+  data = _digits(num_clients=8, seed=3, local_test_fraction=0.25)
+  held = data.local_test_indices
+  np.testing.assert_array_equal(held.sizes, whole.client_sizes // 4)
+  for i in range(8):
+    assert not np.intersect1d(held[i], data.client_indices[i]).size
+    np.testing.assert_array_equal(
+        np.sort(np.concatenate([held[i], data.client_indices[i]])),
+        whole.client_indices[i])
+  assert whole.local_test_indices is None
+
+
+@pytest.mark.parametrize('fraction', [-0.5, 1.0])
+def test_local_test_fraction_is_checked(fraction):
+  with pytest.raises(ValueError, match='--local_test_fraction must be in'):
+    _digits(local_test_fraction=fraction)
+
+
+def test_tfds_dataset_through_the_registry(tmp_path):
+  """cifar10 under TFDS mock data: uint8 images split by Dirichlet."""
+  with mock_tfds(tmp_path, 'cifar10', num_examples=60):
+    data = datasets.load_dataset('cifar10', num_clients=4,
+                                 dirichlet_alpha=1.0)
+  assert data.train_x.dtype == np.uint8
+  assert data.example_shape == (32, 32, 3) and data.num_classes == 10
+  assert data.num_clients == 4 and data.client_sizes.min() >= 2
+  _assert_partitions_train(data)
 
 
 def test_load_dataset_rejects_unknown_name():
-  with pytest.raises(
-      ValueError,
-      match=r"Unknown dataset 'mnist'; valid datasets: digits, synthetic\."):
-    datasets.load_dataset('mnist')
+  with pytest.raises(ValueError,
+                     match=r"Unknown dataset 'imagenet'; valid datasets: "
+                     r'digits, synthetic, mnist'):
+    datasets.load_dataset('imagenet')

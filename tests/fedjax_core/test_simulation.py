@@ -56,8 +56,8 @@ def _fail_at_round(sim, round_to_fail, error):
   sim.run_round = failing
 
 
-def test_round_is_traced_once_per_run(dataset):
-  sim = _simulation(dataset)
+def test_round_is_traced_once_per_run_with_one_bucket(dataset):
+  sim = _simulation(dataset, size_buckets=1)
   sim.run()
   assert sim.completed_rounds == NUM_ROUNDS
   assert sim.round_fn.num_traces == 1
@@ -68,7 +68,7 @@ def test_bernoulli_participation_compiles_once_and_counts_its_cohort(
   """Cohorts of varying size are padded to one capacity; each round trains
   exactly the drawn clients' examples."""
   sim = _simulation(dataset, algorithm='fedavg', participation='bernoulli',
-                    clients_per_round=2, local_epochs=1)
+                    clients_per_round=2, local_epochs=1, size_buckets=1)
   sim.run()
   sizes = set()
   for record in sim.history:
@@ -78,6 +78,81 @@ def test_bernoulli_participation_compiles_once_and_counts_its_cohort(
         len(dataset.client_indices[i]) for i in ids)
   assert len(sizes) > 1  # The cohort size did vary.
   assert sim.round_fn.num_traces == 1
+
+
+def test_size_buckets_bound_compiles_and_leave_the_model_unchanged(dataset):
+  """Each round pads to the smallest bucket that fits its largest client;
+  the masked steps are no-ops, so the model equals the one-bucket run's."""
+  one = _simulation(dataset, algorithm='fedavg', size_buckets=1)
+  one.run()
+  four = _simulation(dataset, algorithm='fedavg', size_buckets=4)
+  four.run()
+  steps = -(-dataset.client_sizes // 16)  # ceil(n_i / B), one epoch.
+  used = set()
+  for record in four.history:
+    ids = sample_clients(0, record['round'] - 1, 8, 3)
+    assert record['local_steps'] >= steps[ids].max()
+    assert record['local_steps'] in four.step_buckets
+    used.add(record['local_steps'])
+  assert len(used) > 1 and four.round_fn.num_traces == len(used) <= 4
+  assert {r['local_steps'] for r in one.history} == {steps.max()}
+  np.testing.assert_allclose(
+      np.concatenate([a.ravel() for a in jax.tree.leaves(_params(four))]),
+      np.concatenate([a.ravel() for a in jax.tree.leaves(_params(one))]),
+      rtol=1e-6, atol=1e-7)
+  waste = [np.mean([r['padding_fraction'] for r in sim.history])
+           for sim in (one, four)]
+  assert waste[1] < waste[0]
+
+
+def test_local_test_metrics_match_numpy():
+  """Per-client accuracy of the global model on each client's held-out
+  rows, its mean and 10th percentile, recomputed in numpy."""
+  data = load_dataset('digits', num_clients=8, seed=0,
+                      local_test_fraction=0.3)
+  sim = _simulation(data, algorithm='fedavg', num_rounds=1)
+  summary = sim.run()
+  metrics = sim.history[-1]
+  model = models.get_model('logreg', data.example_shape, data.num_classes)
+  params = sim.server_state.params
+  accuracy = []
+  for rows in data.local_test_indices:
+    logits = np.asarray(model.apply(params, data.train_x[rows]))
+    accuracy.append(np.mean(logits.argmax(-1) == data.train_y[rows]))
+  assert metrics['local_test_accuracy_mean'] == pytest.approx(
+      np.mean(accuracy))
+  assert metrics['local_test_accuracy_p10'] == pytest.approx(
+      np.percentile(accuracy, 10))
+  assert np.min(accuracy) < np.max(accuracy)  # The two statistics differ.
+  assert summary['final_local_test_accuracy_p10'] == metrics[
+      'local_test_accuracy_p10']
+
+
+def test_uint8_images_train_as_their_float_values(dataset):
+  """uint8 pixels p train exactly like float inputs p / 255."""
+  pixels = np.round(dataset.train_x * 255).astype(np.uint8)
+  as_uint8 = dataclasses.replace(dataset, train_x=pixels)
+  as_float = dataclasses.replace(
+      dataset, train_x=pixels.astype(np.float32) * np.float32(1 / 255))
+  runs = []
+  for data in (as_uint8, as_float):
+    sim = _simulation(data, algorithm='fedavg', num_rounds=2)
+    sim.run()
+    runs.append(np.concatenate(
+        [a.ravel() for a in jax.tree.leaves(_params(sim))]))
+  np.testing.assert_allclose(runs[0], runs[1], rtol=1e-6, atol=1e-7)
+
+
+def test_augmentation_is_seeded_and_changes_training(dataset):
+  def final(augment, seed=0):
+    sim = _simulation(dataset, algorithm='fedavg', num_rounds=2,
+                      augment=augment, seed=seed)
+    sim.run()
+    return np.concatenate([a.ravel() for a in jax.tree.leaves(_params(sim))])
+
+  augmented = final(True)
+  np.testing.assert_array_equal(augmented, final(True))
+  assert np.abs(augmented - final(False)).max() > 1e-3
 
 
 def test_server_state_is_donated(dataset):
@@ -113,10 +188,12 @@ def test_resumed_run_is_bit_identical(dataset, tmp_path, uninterrupted,
 
   second = _simulation(dataset, workdir)
   summary = second.run()
-  assert second.round_fn.num_traces == 1
   same = jax.tree.map(np.array_equal, _params(second), want_params)
   assert all(jax.tree.leaves(same)), 'resumed model differs'
   metrics = read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+  # One compile per local-step bucket the resumed rounds meet.
+  assert second.round_fn.num_traces == len(
+      {m['local_steps'] for m in metrics[resumes_from:]})
   assert [m['round'] for m in metrics] == list(range(1, NUM_ROUNDS + 1))
   for got, want in zip(metrics, want_metrics, strict=True):
     assert got['train_loss'] == want['train_loss']
