@@ -20,9 +20,18 @@ Workload `fedspeed`: the `mlp` workload trained by FedAvg and by FedSpeed
 (both forms), rounds interleaved; it reports FedSpeed's round time as a
 ratio to FedAvg's (ratio_fedspeed_vs_fedavg).
 
+Workload `cohort_assembly`: the host side of a round at growing
+populations (1,000, 10,000 and 100,000 clients, 20 examples each on
+average, quantity skew with lognormal sigma 1). It reports how long the
+partition takes and the median time to sample a cohort of 100 and build its
+padded batches (one epoch of batch 10); that time should not grow with the
+population. It also reports the padding waste (share of masked example
+slots) with 1 and with 4 local-step size buckets.
+
 Examples:
   python -m scripts.benchmark --workload=mlp
   python -m scripts.benchmark --workload=fedspeed
+  python -m scripts.benchmark --workload=cohort_assembly
   python -m scripts.benchmark --workload=mlp --local_loop=scan --json
 """
 
@@ -42,12 +51,15 @@ import numpy as np
 
 import algorithms
 from fedjax_core import FederatedDataset, Simulation, SimulationConfig
+from fedjax_core import batching
 from fedjax_core import losses
+from fedjax_core import partition
 from fedjax_core import placement
+from fedjax_core import sampling
 from fedjax_core import simulation
 import models
 
-WORKLOADS = ('mlp', 'fedspeed')
+WORKLOADS = ('mlp', 'fedspeed', 'cohort_assembly')
 
 _WORKLOAD = flags.DEFINE_enum('workload', 'mlp', WORKLOADS, 'What to run.')
 _ROUNDS = flags.DEFINE_integer('rounds', 7, 'Timed rounds after warm-up.')
@@ -67,6 +79,10 @@ _LIMITS_ONLY = flags.DEFINE_bool(
     '(the benchmark runs itself so in a child process).')
 _OUTPUT = flags.DEFINE_string(
     'output', None, 'Also append the JSON result to this file.')
+
+# Workload `cohort_assembly`.
+_POPULATIONS = (1_000, 10_000, 100_000)
+_EXAMPLES_PER_CLIENT, _ASSEMBLY_COHORT, _ASSEMBLY_BATCH = 20, 100, 10
 
 # Workload `mlp`.
 _COHORT, _STEPS, _BATCH, _DIM, _CLASSES = 10, 50, 10, 784, 10
@@ -273,6 +289,45 @@ def benchmark_mlp() -> dict:
   }
 
 
+def _assemble(clients, steps, buckets, round_num: int):
+  """Samples round `round_num`'s cohort and builds its padded batches."""
+  ids = sampling.sample_clients(0, round_num, len(clients), _ASSEMBLY_COHORT)
+  return batching.cohort_batches(
+      clients, ids, seed=0, round_num=round_num, batch_size=_ASSEMBLY_BATCH,
+      num_steps=batching.bucket_steps(buckets, steps[ids]), local_epochs=1)
+
+
+def benchmark_cohort_assembly() -> dict:
+  """Workload `cohort_assembly`: host-side round preparation time against
+  the population size."""
+  result = {'workload': 'cohort_assembly'}
+  for population in _POPULATIONS:
+    num_examples = _EXAMPLES_PER_CLIENT * population
+    start = time.perf_counter()
+    clients = partition.quantity_skew_partition(num_examples, population,
+                                                size_sigma=1.0, seed=0)
+    result[f'partition_s_{population}'] = time.perf_counter() - start
+    steps = -(-clients.sizes // _ASSEMBLY_BATCH)
+    for num_buckets in (1, 4):
+      buckets = batching.step_buckets(steps, _ASSEMBLY_COHORT, num_buckets)
+      times, waste = [], []
+      for round_num in range(3 * _ROUNDS.value):
+        start = time.perf_counter()
+        batches = _assemble(clients, steps, buckets, round_num)
+        times.append(time.perf_counter() - start)
+        waste.append(1.0 - float(batches.mask.mean()))
+      key = f'{population}_{num_buckets}_buckets'
+      result[f'assembly_ms_{key}'] = 1e3 * statistics.median(times)
+      result[f'padding_fraction_{key}'] = float(np.mean(waste))
+  small, large = _POPULATIONS[0], _POPULATIONS[-1]
+  result['ratio_assembly_largest_vs_smallest'] = (
+      result[f'assembly_ms_{large}_4_buckets'] /
+      result[f'assembly_ms_{small}_4_buckets'])
+  result['peak_mem_mb'] = (
+      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+  return result
+
+
 def main(argv):
   del argv
   placement.use_cpu_device_per_core(_CPU_DEVICES.value)
@@ -282,7 +337,8 @@ def main(argv):
     print(json.dumps({'mlp': mlp_limits}[_WORKLOAD.value]()))
     return
   result = {'mlp': benchmark_mlp,
-            'fedspeed': benchmark_fedspeed}[_WORKLOAD.value]()
+            'fedspeed': benchmark_fedspeed,
+            'cohort_assembly': benchmark_cohort_assembly}[_WORKLOAD.value]()
   for key, value in result.items():
     print(f'{key:>24}: {value:.4g}' if isinstance(value, float)
           else f'{key:>24}: {value}')

@@ -24,6 +24,8 @@ from absl import logging
 import algorithms
 from fedjax_core import datasets
 from fedjax_core import optimizers
+from fedjax_core import partition
+from fedjax_core import partition_report
 from fedjax_core import placement
 from fedjax_core import simulation
 import models
@@ -32,17 +34,45 @@ _ALGORITHM = flags.DEFINE_list(
     'algorithm', ['fedavg', 'fedadam'],
     f'Algorithm, or a comma-separated list to compare: '
     f'{", ".join(algorithms.ALGORITHM_NAMES)}.')
-_DATASET = flags.DEFINE_enum('dataset', 'digits', datasets.DATASET_NAMES,
-                             'Federated dataset.')
+_DATASET = flags.DEFINE_enum(
+    'dataset', 'digits', datasets.DATASET_NAMES,
+    'Dataset. digits and synthetic need no download; the others are read '
+    'from a prepared TFDS data directory (--data_dir).')
+_DATA_DIR = flags.DEFINE_string(
+    'data_dir', None, 'TFDS data directory (default: $TFDS_DATA_DIR, else '
+    '~/tensorflow_datasets).')
 _MODEL = flags.DEFINE_enum('model', 'mlp', models.MODEL_NAMES, 'Model.')
 _NUM_CLIENTS = flags.DEFINE_integer(
-    'num_clients', None,
-    'Population size (default: 20 for digits, 30 devices for synthetic).')
-_PARTITION = flags.DEFINE_enum('partition', 'dirichlet', ['dirichlet', 'iid'],
-                               'How digits is split across clients.')
+    'num_clients', None, 'Population size (default: 20 for digits, 30 '
+    'devices for synthetic, 100 for the TFDS datasets).')
+_PARTITION = flags.DEFINE_enum(
+    'partition', None, partition.PARTITION_NAMES,
+    'How the training set is split across clients: iid; dirichlet (per-class '
+    'proportions ~ Dir(alpha), unequal sizes, Hsu et al. 2019); '
+    'dirichlet_equal (per-client class priors ~ Dir(alpha), equal sizes, '
+    'FedDyn / FL-Simulator); pathological (--classes_per_client shards, '
+    'McMahan et al. 2017); quantity_skew (lognormal sizes, IID labels); '
+    'natural (by device; synthetic only). Default: natural for synthetic, '
+    'dirichlet otherwise.')
 _DIRICHLET_ALPHA = flags.DEFINE_float(
-    'dirichlet_alpha', 0.5, 'Label-skew concentration of the digits split '
+    'dirichlet_alpha', 0.5, 'Concentration of the Dirichlet partitions '
     '(smaller is more skewed).')
+_CLASSES_PER_CLIENT = flags.DEFINE_integer(
+    'classes_per_client', 2, 'Shards (about classes) per client of the '
+    'pathological partition.')
+_SIZE_SIGMA = flags.DEFINE_float(
+    'size_sigma', None, 'Lognormal sigma of client sizes for quantity_skew '
+    '(default 1) and dirichlet_equal (default 0: equal sizes).')
+_LOCAL_TEST_FRACTION = flags.DEFINE_float(
+    'local_test_fraction', 0.0, 'Share of each client\'s examples held out '
+    'as its own test split; evaluation then also reports the mean and 10th '
+    'percentile of per-client accuracy.')
+_AUGMENT = flags.DEFINE_bool(
+    'augment', False, 'Random crop (padding H/8) and horizontal flip of '
+    'every local batch, inside the compiled round (the CIFAR recipe).')
+_SIZE_BUCKETS = flags.DEFINE_integer(
+    'size_buckets', 4, 'Most local-step counts a run compiles for: a round '
+    'pads its clients to the smallest bucket that fits its largest one.')
 _SYNTHETIC_ALPHA = flags.DEFINE_float(
     'synthetic_alpha', 1.0, 'Model heterogeneity alpha of Synthetic(a, b).')
 _SYNTHETIC_BETA = flags.DEFINE_float(
@@ -142,11 +172,37 @@ def _run_one(name: str, dataset, model, workdir: str) -> dict:
       eval_every=_EVAL_EVERY.value, checkpoint_every=_CHECKPOINT_EVERY.value,
       workdir=workdir, local_loop=_LOCAL_LOOP.value,
       client_chunk=_CLIENT_CHUNK.value, progress=_PROGRESS.value,
-      participation=_PARTICIPATION.value)
+      participation=_PARTICIPATION.value, size_buckets=_SIZE_BUCKETS.value,
+      augment=_AUGMENT.value)
   sim = simulation.Simulation(algorithm, model, dataset, config)
-  print(f'{name}: {sim.num_steps} local steps of batch {config.batch_size} '
-        f'per client, loop={sim.local_loop}, workdir={workdir}')
+  buckets = ', '.join(str(b) for b in sim.step_buckets)
+  print(f'{name}: local steps of batch {config.batch_size} padded to '
+        f'{buckets}, loop={sim.local_loop}, workdir={workdir}')
   return sim.run()
+
+
+def _write_partition(workdir: str, dataset) -> str:
+  """Writes WORKDIR/partition.json and partition.png; returns a one-line
+  summary of the split."""
+  os.makedirs(workdir, exist_ok=True)
+  info = dataset.partition_info
+  partition_report.write_partition_json(
+      os.path.join(workdir, 'partition.json'), dataset.client_indices,
+      dataset.train_y, dataset.num_classes, scheme=info['scheme'],
+      args=info['args'], local_test_indices=dataset.local_test_indices)
+  counts = partition_report.label_counts(
+      dataset.train_y, dataset.client_indices, dataset.num_classes)
+  partition_report.plot_heatmap(
+      os.path.join(workdir, 'partition.png'), counts,
+      title=f'{dataset.name}, {info["scheme"]} partition')
+  summary = partition_report.summarize(
+      dataset.train_y, dataset.client_indices, dataset.num_classes)
+  size, entropy = summary['client_size'], summary['label_entropy_bits']
+  return (f'{info["scheme"]} partition: {summary["num_clients"]} clients '
+          f'of {size["min"]}-{size["max"]} examples (median '
+          f'{size["median"]:g}); label entropy {entropy["mean"]:.2f} of '
+          f'{entropy["max_possible"]:.2f} bits on average; heatmap in '
+          f'{workdir}/partition.png')
 
 
 def format_table(summaries: dict[str, dict]) -> str:
@@ -182,15 +238,18 @@ def main(argv):
     dataset = datasets.load_dataset(
         _DATASET.value, num_clients=_NUM_CLIENTS.value, seed=_SEED.value,
         partition=_PARTITION.value, dirichlet_alpha=_DIRICHLET_ALPHA.value,
-        synthetic_alpha=_SYNTHETIC_ALPHA.value,
+        classes_per_client=_CLASSES_PER_CLIENT.value,
+        size_sigma=_SIZE_SIGMA.value,
+        local_test_fraction=_LOCAL_TEST_FRACTION.value,
+        data_dir=_DATA_DIR.value, synthetic_alpha=_SYNTHETIC_ALPHA.value,
         synthetic_beta=_SYNTHETIC_BETA.value)
     model = models.get_model(_MODEL.value, dataset.example_shape,
                              dataset.num_classes)
     for name in names:  # Rejects bad names and settings before any training.
       _build(name, model.apply, dataset.num_clients)
-    print(f'{dataset.name}: {dataset.num_clients} clients, '
-          f'{len(dataset.train_y)} train / {len(dataset.test_y)} test '
-          f'examples; model {_MODEL.value}')
+    print(f'{dataset.name}: {len(dataset.train_y)} train / '
+          f'{len(dataset.test_y)} test examples; model {_MODEL.value}')
+    print(_write_partition(workdir, dataset))
     summaries, failures = {}, []
     for name in names:
       run_dir = os.path.join(workdir, name) if len(names) > 1 else workdir

@@ -53,7 +53,15 @@ def test_compares_algorithms_and_resumes(tmp_path):
 
 @pytest.mark.parametrize('flag, message', [
     ('--algorithm=fedfoo', "Unknown algorithm 'fedfoo'; valid algorithms:"),
-    ('--dataset=imagenet', 'value should be one of <digits|synthetic>'),
+    ('--dataset=imagenet', 'value should be one of <digits|synthetic|mnist'),
+    ('--dataset=cifar10', 'tfds build cifar10 --data_dir=DIR'),
+    ('--partition=shards', 'value should be one of <iid|dirichlet|'),
+    ('--partition=natural', 'no natural grouping'),
+    ('--dirichlet_alpha=0', 'alpha must be > 0'),
+    ('--partition=pathological --classes_per_client=11',
+     'classes_per_client must be in [1, 10]'),
+    ('--local_test_fraction=1', '--local_test_fraction must be in [0, 1)'),
+    ('--size_buckets=0', '--size_buckets must be positive'),
     ('--client_optimizer=lion', 'value should be one of'),
     ('--clients_per_round=50', 'exceeds the population of 6'),
     ('--client_lr=0', 'client_lr must be a positive number'),
@@ -63,7 +71,8 @@ def test_compares_algorithms_and_resumes(tmp_path):
     ('--participation=poisson', 'value should be one of'),
 ])
 def test_bad_input_is_a_clear_error(tmp_path, flag, message):
-  result = _train(*SMALL, flag, f'--workdir={tmp_path}')
+  result = _train(*SMALL, *flag.split(), f'--workdir={tmp_path}',
+                  f'--data_dir={tmp_path / "tfds"}')
   assert result.returncode != 0
   assert message in result.stderr
   assert 'Traceback' not in result.stderr
@@ -100,3 +109,43 @@ def test_a_diverging_algorithm_does_not_stop_the_comparison(tmp_path):
     assert f'{json.load(f)["final_test_accuracy"]:.4f}' in table
   assert 'fedprox: Training diverged' in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+def test_cifar10_under_tfds_mock_data_end_to_end(tmp_path):
+  """The TFDS path as a user runs it, on mock CIFAR-10: pathological split,
+  augmentation, per-client test rows; the partition files are written."""
+  workdir = tmp_path / 'run'
+  flags = ['--dataset=cifar10', '--model=cnn', '--num_clients=4',
+           '--clients_per_round=2', '--num_rounds=2', '--batch_size=8',
+           '--partition=pathological', '--augment', '--eval_every=1',
+           '--local_test_fraction=0.2', '--progress=false',
+           '--algorithm=fedavg', f'--workdir={workdir}']
+  code = (
+      'import sys\n'
+      f'sys.path.insert(0, {os.path.dirname(os.path.dirname(__file__))!r})\n'
+      'from absl import app\n'
+      'from scripts import train\n'
+      'import tfds_fakes\n'
+      f'with tfds_fakes.mock_tfds({str(tmp_path / "tfds")!r}, "cifar10", 48):\n'
+      f'  app.run(train.main, argv=["train", *{flags!r}])\n')
+  env = {**os.environ, 'PYTHONPATH': REPO}
+  result = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert 'pathological partition: 4 clients' in result.stdout
+  with open(workdir / 'partition.json') as f:
+    recorded = json.load(f)
+  assert recorded['scheme'] == 'pathological'
+  assert recorded['args']['classes_per_client'] == 2
+  # Each row once, for training or in its client's local test split.
+  assert sorted(recorded['rows'] + recorded['local_test_rows']) == list(
+      range(48))
+  assert len(recorded['local_test_rows']) >= 4
+  with open(workdir / 'partition.png', 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  with open(workdir / 'metrics.jsonl') as f:
+    records = [json.loads(line) for line in f]
+  assert [r['round'] for r in records] == [1, 2]
+  for r in records:
+    assert 0 <= r['test_accuracy'] <= 1
+    assert 0 <= r['local_test_accuracy_p10'] <= r['local_test_accuracy_mean']
