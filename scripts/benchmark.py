@@ -26,7 +26,8 @@ average, quantity skew with lognormal sigma 1). It reports how long the
 partition takes and the median time to sample a cohort of 100 and build its
 padded batches (one epoch of batch 10); that time should not grow with the
 population. It also reports the padding waste (share of masked example
-slots) with 1 and with 4 local-step size buckets.
+slots) with 1 and with 4 local-step size buckets, and the time of every
+partition scheme at 100,000 clients.
 
 Examples:
   python -m scripts.benchmark --workload=mlp
@@ -297,6 +298,27 @@ def _assemble(clients, steps, buckets, round_num: int):
       num_steps=batching.bucket_steps(buckets, steps[ids]), local_epochs=1)
 
 
+def _partition_seconds(population: int) -> dict[str, float]:
+  """Seconds of each partition of `_EXAMPLES_PER_CLIENT * population`
+  examples of 10 random classes into `population` clients; dirichlet_equal,
+  a loop over examples, at its common use (50,000 examples, 100 clients)."""
+  num_examples = _EXAMPLES_PER_CLIENT * population
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 10, num_examples)
+  groups = rng.integers(0, population, num_examples)
+  args = dict(labels=labels, groups=groups, num_clients=population, seed=0,
+              min_client_size=0)
+  seconds = {}
+  for scheme in partition.PARTITION_NAMES:
+    scheme_args = args
+    if scheme == 'dirichlet_equal':
+      scheme_args = dict(args, labels=labels[:50_000], num_clients=100)
+    start = time.perf_counter()
+    partition.make_partition(scheme, **scheme_args)
+    seconds[f'partition_s_{scheme}'] = time.perf_counter() - start
+  return seconds
+
+
 def benchmark_cohort_assembly() -> dict:
   """Workload `cohort_assembly`: host-side round preparation time against
   the population size."""
@@ -320,6 +342,7 @@ def benchmark_cohort_assembly() -> dict:
       result[f'assembly_ms_{key}'] = 1e3 * statistics.median(times)
       result[f'padding_fraction_{key}'] = float(np.mean(waste))
   small, large = _POPULATIONS[0], _POPULATIONS[-1]
+  result.update(_partition_seconds(large))
   result['ratio_assembly_largest_vs_smallest'] = (
       result[f'assembly_ms_{large}_4_buckets'] /
       result[f'assembly_ms_{small}_4_buckets'])
