@@ -198,6 +198,11 @@ class Simulation:
     self._train_y = jax.device_put(dataset.train_y, replicated)
     augment = None
     if config.augment:
+      if len(dataset.example_shape) != 3:
+        raise ValueError(
+            f'--augment needs images of shape [height, width, channels]; '
+            f'{dataset.name} has examples of shape {dataset.example_shape}. '
+            'Drop --augment for this dataset.')
       augment = functools.partial(augmentation.random_crop_flip,
                                   padding=dataset.example_shape[0] // 8)
     self.round_fn = rounds.CompiledRound(

@@ -62,6 +62,7 @@ def test_compares_algorithms_and_resumes(tmp_path):
      'classes_per_client must be in [1, 10]'),
     ('--local_test_fraction=1', '--local_test_fraction must be in [0, 1)'),
     ('--size_buckets=0', '--size_buckets must be positive'),
+    ('--dataset=synthetic --augment', '--augment needs images of shape'),
     ('--client_optimizer=lion', 'value should be one of'),
     ('--clients_per_round=50', 'exceeds the population of 6'),
     ('--client_lr=0', 'client_lr must be a positive number'),
