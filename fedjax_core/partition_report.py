@@ -88,10 +88,10 @@ def _summary(sizes: np.ndarray, counts: np.ndarray) -> dict[str, Any]:
 
 
 def write_partition_json(path: str | os.PathLike,
-                         client_indices: ClientIndices, labels: np.ndarray,
-                         num_classes: int, *, scheme: str,
-                         args: dict[str, Any],
-                         local_test_indices: ClientIndices | None = None):
+                         client_indices: ClientIndices, counts: np.ndarray,
+                         *, scheme: str, args: dict[str, Any],
+                         local_test_indices: ClientIndices | None = None
+                         ) -> dict[str, Any]:
   """Writes the partition, its summary and its label counts as JSON.
 
   The file holds `scheme`, `args`, `summary` (see `summarize`),
@@ -99,8 +99,19 @@ def write_partition_json(path: str | os.PathLike,
   `rows`, from which `read_partition` rebuilds `client_indices`. Rows the
   clients hold out as local test splits, if any, are in
   `local_test_offsets` and `local_test_rows`, in the same form.
+
+  Args:
+    path: the JSON file to write.
+    client_indices: the training rows of each client.
+    counts: their `label_counts`, computed once by the caller, who may also
+      plot them.
+    scheme: the partition's name.
+    args: the partition's arguments.
+    local_test_indices: each client's held-out rows, or None.
+
+  Returns:
+    The summary written, as `summarize` gives it.
   """
-  counts = label_counts(labels, client_indices, num_classes)
   record = {
       'scheme': scheme,
       'args': args,
@@ -115,6 +126,7 @@ def write_partition_json(path: str | os.PathLike,
     record['local_test_rows'] = local_test_indices.rows.tolist()
   with open(path, 'w') as f:
     json.dump(record, f, separators=(',', ':'), default=_numpy_to_builtin)
+  return record['summary']
 
 
 def _numpy_to_builtin(value):

@@ -186,17 +186,15 @@ def _write_partition(workdir: str, dataset) -> str:
   summary of the split."""
   os.makedirs(workdir, exist_ok=True)
   info = dataset.partition_info
-  partition_report.write_partition_json(
-      os.path.join(workdir, 'partition.json'), dataset.client_indices,
-      dataset.train_y, dataset.num_classes, scheme=info['scheme'],
-      args=info['args'], local_test_indices=dataset.local_test_indices)
   counts = partition_report.label_counts(
       dataset.train_y, dataset.client_indices, dataset.num_classes)
+  summary = partition_report.write_partition_json(
+      os.path.join(workdir, 'partition.json'), dataset.client_indices,
+      counts, scheme=info['scheme'], args=info['args'],
+      local_test_indices=dataset.local_test_indices)
   partition_report.plot_heatmap(
       os.path.join(workdir, 'partition.png'), counts,
       title=f'{dataset.name}, {info["scheme"]} partition')
-  summary = partition_report.summarize(
-      dataset.train_y, dataset.client_indices, dataset.num_classes)
   size, entropy = summary['client_size'], summary['label_entropy_bits']
   return (f'{info["scheme"]} partition: {summary["num_clients"]} clients '
           f'of {size["min"]}-{size["max"]} examples (median '

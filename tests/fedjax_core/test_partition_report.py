@@ -81,9 +81,10 @@ def test_summarize_hand_case():
 def test_partition_json_round_trip(tmp_path):
   labels, clients, num_classes = _random_case()
   path = tmp_path / 'partition.json'
-  partition_report.write_partition_json(
-      path, clients, labels, num_classes, scheme='dirichlet',
-      args={'alpha': 0.3, 'seed': np.int64(4)})
+  written = partition_report.write_partition_json(
+      path, clients,
+      partition_report.label_counts(labels, clients, num_classes),
+      scheme='dirichlet', args={'alpha': 0.3, 'seed': np.int64(4)})
   back = partition_report.read_partition(path)
   np.testing.assert_array_equal(back.rows, clients.rows)
   np.testing.assert_array_equal(back.offsets, clients.offsets)
@@ -94,6 +95,7 @@ def test_partition_json_round_trip(tmp_path):
   assert record['args'] == {'alpha': 0.3, 'seed': 4}
   assert record['summary'] == partition_report.summarize(labels, clients,
                                                          num_classes)
+  assert written == record['summary']
   assert record['client_sizes'] == clients.sizes.tolist()
   np.testing.assert_array_equal(
       record['label_counts'],
@@ -105,8 +107,8 @@ def test_partition_json_records_local_test_rows(tmp_path):
   kept, held = clients.hold_out(0.3, seed=0)
   path = tmp_path / 'partition.json'
   partition_report.write_partition_json(
-      path, kept, labels, num_classes, scheme='iid', args={},
-      local_test_indices=held)
+      path, kept, partition_report.label_counts(labels, kept, num_classes),
+      scheme='iid', args={}, local_test_indices=held)
   record = json.loads(path.read_text())
   assert record['local_test_rows'] == held.rows.tolist()
   assert record['local_test_offsets'] == held.offsets.tolist()
