@@ -6,6 +6,7 @@ import json
 import os
 
 import jax
+from jax.flatten_util import ravel_pytree
 import numpy as np
 import pytest
 
@@ -42,6 +43,10 @@ def _simulation(dataset, workdir=None, client_lr=0.05, algorithm='fedadam',
 
 def _params(sim):
   return jax.tree.map(np.asarray, sim.server_state.params)
+
+
+def _flat_params(sim):
+  return np.asarray(ravel_pytree(sim.server_state.params)[0])
 
 
 def _fail_at_round(sim, round_to_fail, error):
@@ -97,8 +102,7 @@ def test_size_buckets_bound_compiles_and_leave_the_model_unchanged(dataset):
   assert len(used) > 1 and four.round_fn.num_traces == len(used) <= 4
   assert {r['local_steps'] for r in one.history} == {steps.max()}
   np.testing.assert_allclose(
-      np.concatenate([a.ravel() for a in jax.tree.leaves(_params(four))]),
-      np.concatenate([a.ravel() for a in jax.tree.leaves(_params(one))]),
+      _flat_params(four), _flat_params(one),
       rtol=1e-6, atol=1e-7)
   waste = [np.mean([r['padding_fraction'] for r in sim.history])
            for sim in (one, four)]
@@ -138,8 +142,7 @@ def test_uint8_images_train_as_their_float_values(dataset):
   for data in (as_uint8, as_float):
     sim = _simulation(data, algorithm='fedavg', num_rounds=2)
     sim.run()
-    runs.append(np.concatenate(
-        [a.ravel() for a in jax.tree.leaves(_params(sim))]))
+    runs.append(_flat_params(sim))
   np.testing.assert_allclose(runs[0], runs[1], rtol=1e-6, atol=1e-7)
 
 
@@ -148,7 +151,7 @@ def test_augmentation_is_seeded_and_changes_training(dataset):
     sim = _simulation(dataset, algorithm='fedavg', num_rounds=2,
                       augment=augment, seed=seed)
     sim.run()
-    return np.concatenate([a.ravel() for a in jax.tree.leaves(_params(sim))])
+    return _flat_params(sim)
 
   augmented = final(True)
   np.testing.assert_array_equal(augmented, final(True))
