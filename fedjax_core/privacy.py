@@ -1,0 +1,130 @@
+"""A run's privacy settings and budget: what the round loop asks about DP.
+
+`ClientLevelPrivacy` turns the user's DP-FedAvg settings into the
+aggregator's `dp.DPConfig` (calibrating the noise multiplier to a target
+epsilon when none is given) and answers, before every round, whether one
+more round would overspend the target. `SampleLevelPrivacy` reports what
+client-side DP-SGD spends. All epsilons come from `dp-accounting`
+(`fedjax_core.privacy_accounting`).
+"""
+
+import dataclasses
+import functools
+
+import numpy as np
+
+from fedjax_core import dp
+from fedjax_core import privacy_accounting
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientDPSettings:
+  """DP-FedAvg as the user asks for it.
+
+  Attributes:
+    clip_norm: S, each client update's L2 bound (initial bound if adaptive).
+    noise_multiplier: z; None calibrates it so that the run's rounds spend
+      exactly `target_epsilon`.
+    delta: epsilon is reported at this delta.
+    target_epsilon: the run stops before a round that would spend more; with
+      no noise multiplier, the budget the noise is calibrated to.
+    accountant: 'rdp' or 'pld' (dp-accounting's accountants).
+    per_layer: clip each layer to S / sqrt(L) instead of the whole update.
+    target_quantile: adaptive clipping's gamma (Andrew et al. 2021), None to
+      keep S fixed.
+    clip_learning_rate: adaptive clipping's eta.
+    count_stddev: adaptive clipping's sigma_b (default m / 20).
+  """
+
+  clip_norm: float
+  noise_multiplier: float | None = None
+  delta: float = 1e-5
+  target_epsilon: float | None = None
+  accountant: str = 'rdp'
+  per_layer: bool = False
+  target_quantile: float | None = None
+  clip_learning_rate: float = 0.2
+  count_stddev: float | None = None
+
+
+class ClientLevelPrivacy:
+  """The DP configuration and privacy budget of one DP-FedAvg run.
+
+  Examples:
+    >>> privacy = ClientLevelPrivacy(ClientDPSettings(1.0, 1.1),
+    ...                              num_clients=100, clients_per_round=10,
+    ...                              participation='bernoulli', num_rounds=50)
+    >>> privacy.epsilon(10)
+  """
+
+  def __init__(self, settings: ClientDPSettings, *, num_clients: int,
+               clients_per_round: int, participation: str, num_rounds: int):
+    self.settings = settings
+    sampling = 'poisson' if participation == 'bernoulli' else 'fixed'
+    z = settings.noise_multiplier
+    if z is None and settings.target_epsilon is None:
+      raise ValueError('DP needs --dp_noise_multiplier or '
+                       '--dp_target_epsilon (to calibrate the noise).')
+    self.accounting = privacy_accounting.ClientLevelAccounting(
+        1.0 if z is None else z, num_clients, clients_per_round, sampling,
+        settings.delta, settings.accountant)
+    if z is None:
+      z = self.accounting.calibrate(settings.target_epsilon, num_rounds)
+      self.accounting = dataclasses.replace(self.accounting,
+                                            noise_multiplier=z)
+    self.noise_multiplier = z
+    self.dp_config = dp.DPConfig(
+        clip_norm=settings.clip_norm, noise_multiplier=z,
+        expected_clients=float(clients_per_round),
+        per_layer=settings.per_layer,
+        target_quantile=settings.target_quantile,
+        clip_learning_rate=settings.clip_learning_rate,
+        count_stddev=settings.count_stddev)
+
+  @functools.lru_cache(maxsize=None)
+  def epsilon(self, rounds: int) -> float:
+    """Epsilon at the settings' delta after `rounds` rounds."""
+    return self.accounting.epsilon(rounds)
+
+  def exceeds_budget(self, rounds: int) -> bool:
+    """Whether `rounds` rounds would spend more than the target epsilon."""
+    target = self.settings.target_epsilon
+    # The calibration's own tolerance may land a hair above the target.
+    return target is not None and self.epsilon(rounds) > target * (1 + 1e-6)
+
+  def affordable_rounds(self, max_rounds: int) -> int:
+    """The most rounds, up to `max_rounds`, within the target epsilon
+    (epsilon grows with the rounds, so a bisection)."""
+    if not self.exceeds_budget(max_rounds):
+      return max_rounds
+    low, high = 0, max_rounds  # low is affordable, high is not.
+    while high - low > 1:
+      middle = (low + high) // 2
+      low, high = (low, middle) if self.exceeds_budget(middle) else (
+          middle, high)
+    return low
+
+
+class SampleLevelPrivacy:
+  """What client-side DP-SGD spends, for the most exposed client."""
+
+  def __init__(self, noise_multiplier: float, *, delta: float,
+               accountant: str, batch_size: int, client_sizes: np.ndarray,
+               client_steps: np.ndarray):
+    self.accounting = privacy_accounting.SampleLevelAccounting(
+        noise_multiplier, batch_size, np.asarray(client_sizes),
+        np.asarray(client_steps), delta, accountant)
+
+  @functools.lru_cache(maxsize=None)
+  def epsilon(self, rounds: int) -> float:
+    return self.accounting.epsilon(rounds)
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleDPSettings:
+  """How to account client-side DP-SGD (`fedjax_core.dp_sgd`): its noise
+  multiplier, the delta to report epsilon at, and the accountant."""
+
+  noise_multiplier: float
+  delta: float = 1e-5
+  accountant: str = 'rdp'
