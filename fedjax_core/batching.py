@@ -91,8 +91,10 @@ def step_buckets(steps: np.ndarray, cohort_size: int,
 
 
 def bucket_steps(buckets: np.ndarray, cohort_steps: np.ndarray) -> int:
-  """The smallest bucket that fits every client of a cohort."""
-  return int(buckets[np.searchsorted(buckets, np.max(cohort_steps))])
+  """The smallest bucket that fits every client of a cohort (the smallest
+  bucket for an empty cohort)."""
+  return int(buckets[np.searchsorted(buckets, np.max(cohort_steps,
+                                                     initial=0))])
 
 
 def _epoch_batches(rows: np.ndarray, rng: np.random.Generator,

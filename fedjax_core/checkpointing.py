@@ -16,7 +16,9 @@ PyTree = Any
 
 
 class Checkpointer:
-  """Saves and restores `{'server': server_state, 'clients': stacked}`."""
+  """Saves and restores `{'server': server_state, 'clients': stacked,
+  'aggregator': aggregator_state}` (the last one empty unless the
+  aggregation keeps state, e.g. an adaptive DP clip norm)."""
 
   def __init__(self, directory: str, max_to_keep: int = 2):
     self._manager = ocp.CheckpointManager(
@@ -28,20 +30,24 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def save(self, completed_rounds: int, server_state: PyTree,
-           client_states: PyTree) -> None:
+           client_states: PyTree, aggregator_state: PyTree = None) -> None:
     """Starts saving; returns once the state no longer needs its buffers."""
     self._manager.save(completed_rounds, args=ocp.args.StandardSave(
-        {'server': server_state, 'clients': client_states}))
+        {'server': server_state, 'clients': client_states,
+         'aggregator': aggregator_state or {}}))
 
   def restore(self, completed_rounds: int, server_template: PyTree,
-              clients_template: PyTree) -> tuple[PyTree, PyTree]:
-    """The saved state, with the templates' types, shapes and shardings."""
+              clients_template: PyTree, aggregator_template: PyTree = None
+              ) -> tuple[PyTree, PyTree, PyTree]:
+    """The saved server, client and aggregator states, with the templates'
+    types, shapes and shardings."""
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct,
                           {'server': server_template,
-                           'clients': clients_template})
+                           'clients': clients_template,
+                           'aggregator': aggregator_template or {}})
     restored = self._manager.restore(
         completed_rounds, args=ocp.args.StandardRestore(target))
-    return restored['server'], restored['clients']
+    return restored['server'], restored['clients'], restored['aggregator']
 
   def close(self) -> None:
     """Waits for pending saves and releases the manager."""

@@ -98,9 +98,15 @@ def reduce_weighted_mean(tree: PyTree, weights: jax.Array) -> PyTree:
   """
   total = jnp.sum(weights)
   scale = jnp.where(total > 0, 1.0 / jnp.where(total > 0, total, 1.0), 0.0)
+  return reduce_weighted_sum(tree, weights * scale)
 
-  def mean(x):
+
+def reduce_weighted_sum(tree: PyTree, weights: jax.Array) -> PyTree:
+  """`sum_i w_i x_i` over the cohort axis; clients of weight 0 count as
+  zeros even if their values are not finite."""
+
+  def weighted_sum(x):
     counted = (weights > 0).reshape(weights.shape + (1,) * (x.ndim - 1))
-    return _contract_clients(weights * scale, jnp.where(counted, x, 0))
+    return _contract_clients(weights, jnp.where(counted, x, 0))
 
-  return jax.tree.map(mean, tree)
+  return jax.tree.map(weighted_sum, tree)

@@ -36,14 +36,17 @@ def sample_clients(seed: int, round_num: int, num_clients: int,
 
 
 def sample_bernoulli(seed: int, round_num: int, num_clients: int,
-                     rate: float) -> np.ndarray:
+                     rate: float, allow_empty: bool = False) -> np.ndarray:
   """Each client takes part independently with probability `rate`.
 
   As FL-Simulator's `_activate_clients_`, an empty draw is redrawn, so every
-  round has at least one client. A pure function of `(seed, round_num)`.
+  round has at least one client, unless `allow_empty`: DP accounting of
+  Poisson sampling needs the draw exactly as it fell. A pure function of
+  `(seed, round_num)`.
 
   Returns:
-    Sorted int64 ids of the participating clients (at least one).
+    Sorted int64 ids of the participating clients (at least one unless
+    `allow_empty`).
 
   Examples:
     >>> ids = sample_bernoulli(seed=0, round_num=3, num_clients=100, rate=0.1)
@@ -53,7 +56,7 @@ def sample_bernoulli(seed: int, round_num: int, num_clients: int,
   for attempt in itertools.count():
     rng = np.random.default_rng((seed, round_num, attempt))
     ids = np.flatnonzero(rng.random(num_clients) < rate)
-    if len(ids):
+    if len(ids) or allow_empty:
       return ids
 
 

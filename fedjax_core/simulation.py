@@ -19,11 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from fedjax_core import aggregation
 from fedjax_core import augmentation
 from fedjax_core import batching
 from fedjax_core import placement
+from fedjax_core import privacy
 from fedjax_core import rounds
 from fedjax_core import sampling
+from fedjax_core import secagg_protocol
+from fedjax_core import secure_aggregation
 from fedjax_core.algorithm import Algorithm
 from fedjax_core.checkpointing import Checkpointer
 from fedjax_core.data import FederatedDataset
@@ -78,6 +82,14 @@ class SimulationConfig:
       (`batching.step_buckets`); 1 pads every round to the largest client.
     augment: random crop (padding H // 8) and horizontal flip of every local
       batch inside the compiled round (the CIFAR recipe of FL-Simulator).
+    secure_aggregation: aggregate through secure aggregation's masked
+      modular sum (Bonawitz et al. 2017); None sums in the clear.
+    client_dp: client-level DP-FedAvg (clipping, noise, fixed denominator,
+      accounting); the sampling is Poisson under Bernoulli participation
+      and fixed-size otherwise. None: no client-level DP.
+    sample_dp: how to account the clients' DP-SGD, if the algorithm runs it
+      (`algorithms.fedavg(..., dp_sgd=...)`); reported as `sample_epsilon`
+      on evaluated rounds.
   """
 
   num_rounds: int
@@ -96,6 +108,9 @@ class SimulationConfig:
   participation: str = 'fixed'
   size_buckets: int = 4
   augment: bool = False
+  secure_aggregation: aggregation.SecureAggregation | None = None
+  client_dp: privacy.ClientDPSettings | None = None
+  sample_dp: privacy.SampleDPSettings | None = None
 
   def validate(self, num_clients: int) -> None:
     """Raises ValueError naming the first bad setting and its fix."""
@@ -205,10 +220,42 @@ class Simulation:
             'Drop --augment for this dataset.')
       augment = functools.partial(augmentation.random_crop_flip,
                                   padding=dataset.example_shape[0] // 8)
+    self.privacy = self.sample_privacy = None
+    dp_config = None
+    if config.client_dp is not None:
+      self.privacy = privacy.ClientLevelPrivacy(
+          config.client_dp, num_clients=dataset.num_clients,
+          clients_per_round=config.clients_per_round,
+          participation=config.participation, num_rounds=config.num_rounds)
+      dp_config = self.privacy.dp_config
+    if config.sample_dp is not None:
+      self.sample_privacy = privacy.SampleLevelPrivacy(
+          config.sample_dp.noise_multiplier, delta=config.sample_dp.delta,
+          accountant=config.sample_dp.accountant,
+          batch_size=config.batch_size, client_sizes=dataset.client_sizes,
+          client_steps=self._client_steps)
+    # The round the run ends after: the last, or the last one the privacy
+    # budget affords.
+    self.final_round = config.num_rounds
+    if self.privacy is not None:
+      self.final_round = self.privacy.affordable_rounds(config.num_rounds)
+      if self.final_round == 0:
+        raise ValueError(
+            f'One round already spends epsilon '
+            f'{self.privacy.epsilon(1):.3g} > --dp_target_epsilon='
+            f'{config.client_dp.target_epsilon:g}; raise the target or '
+            '--dp_noise_multiplier.')
+    self._secure = None
+    if config.secure_aggregation is not None:
+      self._secure = config.secure_aggregation.config(self._cohort_capacity())
+    aggregator = aggregation.Aggregator(self._secure, dp_config)
+    self.aggregator_state = jax.device_put(aggregator.init_state(),
+                                           replicated)
     self.round_fn = rounds.CompiledRound(
         algorithm, unroll=self.local_loop == 'unroll',
         skip_empty_steps=config.local_steps is None,
-        client_chunk=config.client_chunk, augment=augment)
+        client_chunk=config.client_chunk, augment=augment,
+        aggregator=aggregator)
     self._evaluator = Evaluator(model.apply, dataset.test_x, dataset.test_y,
                                 config.eval_batch_size)
     self._local_evaluator = None
@@ -234,18 +281,28 @@ class Simulation:
       metrics.update(self._local_evaluator(params))
     return metrics
 
+  def _cohort_capacity(self) -> int:
+    """Clients a round holds before padding to the device count: the cohort,
+    or under Bernoulli participation a size it rarely exceeds."""
+    cohort = self.config.clients_per_round
+    if self.config.participation == 'bernoulli':
+      return sampling.bernoulli_capacity(self.dataset.num_clients,
+                                         cohort / self.dataset.num_clients)
+    return cohort
+
   def _round_inputs(self, round_num: int) -> tuple[np.ndarray,
                                                    rounds.RoundInputs]:
     """The cohort of `round_num`, padded with zero-weight clients to its
     capacity (Bernoulli participation) and to a multiple of the device
-    count."""
+    count, with the secure-aggregation protocol's inputs if it is on."""
     num_clients = self.dataset.num_clients
     cohort = self.config.clients_per_round
     if self.config.participation == 'bernoulli':
-      rate = cohort / num_clients
-      ids = sampling.sample_bernoulli(self.config.seed, round_num, num_clients,
-                                      rate)
-      cohort = max(len(ids), sampling.bernoulli_capacity(num_clients, rate))
+      # Under DP the draw must stand as it fell, even if empty.
+      ids = sampling.sample_bernoulli(
+          self.config.seed, round_num, num_clients, cohort / num_clients,
+          allow_empty=self.privacy is not None)
+      cohort = max(len(ids), self._cohort_capacity())
     else:
       ids = sampling.sample_clients(self.config.seed, round_num, num_clients,
                                     cohort)
@@ -262,10 +319,19 @@ class Simulation:
     def pad_rows(a):
       return np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)])
 
+    is_real = pad_rows(np.ones(len(ids), np.float32))
+    secagg = None
+    if self._secure is not None:
+      # A Bernoulli draw beyond the capacity could overflow the modulus.
+      secure_aggregation.check_overflow(len(ids), self._secure)
+      settings = self.config.secure_aggregation
+      secagg = secagg_protocol.round_setup(
+          self.config.seed, round_num, padded_ids, is_real > 0,
+          settings.dropout_fraction, settings.threshold)
     inputs = rounds.RoundInputs(
         client_ids=padded_ids.astype(np.int32),
         indices=pad_rows(batches.indices), mask=pad_rows(batches.mask),
-        is_real=pad_rows(np.ones(len(ids), np.float32)))
+        is_real=is_real, secagg=secagg)
     return ids, inputs
 
   def run_round(self) -> dict[str, float]:
@@ -273,14 +339,19 @@ class Simulation:
     start = time.perf_counter()
     round_num = self.completed_rounds
     ids, inputs = self._round_inputs(round_num)
+    setup_s = time.perf_counter() - start
     padding_fraction = 1.0 - float(inputs.mask.mean())
     cohort_state = jax.device_put(self.store.gather(inputs.client_ids),
                                   self._cohort_sharding)
     round_key = jax.random.fold_in(self._rounds_key, round_num)
     self._consistent = False
-    server_state, cohort_state, metrics = self.round_fn(
-        self.server_state, cohort_state, self._train_x, self._train_y,
-        jax.device_put(inputs, self._cohort_sharding), round_key)
+    server_state, cohort_state, aggregator_state, metrics = self.round_fn(
+        self.server_state, cohort_state, self.aggregator_state, self._train_x,
+        self._train_y, jax.device_put(inputs, self._cohort_sharding),
+        round_key)
+    epsilon = None
+    if self.privacy is not None:  # Accounting on the host while it runs.
+      epsilon = self.privacy.epsilon(round_num + 1)
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if not math.isfinite(metrics['train_loss']):
       raise TrainingDivergedError(
@@ -290,25 +361,35 @@ class Simulation:
     cohort_rows = jax.tree.map(lambda a: np.asarray(a)[:len(ids)],
                                jax.device_get(cohort_state))
     self.server_state = server_state
+    self.aggregator_state = aggregator_state
     self.store.scatter(ids, cohort_rows)
     self.completed_rounds += 1
     self._consistent = True
     wall_s = time.perf_counter() - start
-    return {'round': self.completed_rounds, **metrics, 'wall_s': wall_s,
-            'examples_per_s': metrics['num_examples'] / wall_s,
-            'local_steps': inputs.mask.shape[1],
-            'padding_fraction': padding_fraction}
+    record = {'round': self.completed_rounds, **metrics, 'wall_s': wall_s,
+              'examples_per_s': metrics['num_examples'] / wall_s,
+              'local_steps': inputs.mask.shape[1],
+              'padding_fraction': padding_fraction}
+    if inputs.secagg is not None:
+      record.update(
+          secagg_setup_s=setup_s,
+          secagg_dropped=int(np.sum(inputs.is_real > 0)
+                             - np.sum(inputs.secagg.arrived)))
+    if epsilon is not None:
+      record['epsilon'] = epsilon
+    return record
 
   def _due(self, every: int) -> bool:
-    last = self.completed_rounds == self.config.num_rounds
+    last = self.completed_rounds == self.final_round
     return last or (every > 0 and self.completed_rounds % every == 0)
 
   def _restore(self, checkpointer: Checkpointer) -> None:
     completed = checkpointer.latest_round()
     if completed is None:
       return
-    self.server_state, stacked = checkpointer.restore(
-        completed, self.server_state, self.store.stacked)
+    self.server_state, stacked, self.aggregator_state = checkpointer.restore(
+        completed, self.server_state, self.store.stacked,
+        self.aggregator_state)
     self.store = ClientStateStore(stacked, self.dataset.num_clients)
     self.completed_rounds = completed
 
@@ -323,20 +404,23 @@ class Simulation:
                              self.completed_rounds)
     saved = self.completed_rounds
     unwritten = None  # A finished round's record not yet in metrics.jsonl.
-    bar = tqdm.tqdm(total=self.config.num_rounds, initial=saved, unit='round',
+    bar = tqdm.tqdm(total=self.final_round, initial=saved, unit='round',
                     disable=not self.config.progress, dynamic_ncols=True)
     try:
-      while self.completed_rounds < self.config.num_rounds:
+      while self.completed_rounds < self.final_round:
         record = unwritten = self.run_round()
         if self._due(self.config.eval_every):
           record.update(self.evaluate())
+          if self.sample_privacy is not None:
+            record['sample_epsilon'] = self.sample_privacy.epsilon(
+                self.completed_rounds)
         self.history.append(record)
         if writer:
           writer.write(record)
         unwritten = None
         if checkpointer and self._due(self.config.checkpoint_every):
           checkpointer.save(self.completed_rounds, self.server_state,
-                            self.store.stacked)
+                            self.store.stacked, self.aggregator_state)
           saved = self.completed_rounds
         bar.update(1)
         bar.set_postfix(_postfix(record))
@@ -351,7 +435,7 @@ class Simulation:
         writer.write(unwritten)
       if checkpointer and self._consistent and self.completed_rounds > saved:
         checkpointer.save(self.completed_rounds, self.server_state,
-                          self.store.stacked)
+                          self.store.stacked, self.aggregator_state)
         saved = self.completed_rounds
       if checkpointer:
         print(f'\nInterrupted; progress up to round {saved} is saved in '
@@ -363,11 +447,31 @@ class Simulation:
         checkpointer.close()
       if writer:
         writer.close()
+    history = self.history
+    if workdir:
+      history = read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+    summary = {**summarize(history), **self._privacy_summary()}
     if not workdir:
-      return summarize(self.history)
-    summary = summarize(read_metrics(os.path.join(workdir, 'metrics.jsonl')))
+      return summary
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
       json.dump(summary, f, indent=2)
+    return summary
+
+
+  def _privacy_summary(self) -> dict[str, Any]:
+    """The privacy a client-level DP run spent, and whether its budget cut
+    it short."""
+    if self.privacy is None:
+      return {}
+    summary = {'epsilon': self.privacy.epsilon(self.completed_rounds),
+               'dp_delta': self.privacy.settings.delta,
+               'dp_noise_multiplier': self.privacy.noise_multiplier}
+    if self.final_round < self.config.num_rounds:
+      summary['stopped_by_privacy_budget'] = (
+          f'stopped after round {self.final_round} of '
+          f'{self.config.num_rounds}: one more round would spend epsilon '
+          f'{self.privacy.epsilon(self.final_round + 1):.4g} > '
+          f'--dp_target_epsilon={self.privacy.settings.target_epsilon:g}')
     return summary
 
 
@@ -375,6 +479,8 @@ def _postfix(record: dict[str, Any]) -> dict[str, str]:
   postfix = {'loss': f'{record["train_loss"]:.4f}'}
   if 'test_accuracy' in record:
     postfix['test_acc'] = f'{record["test_accuracy"]:.4f}'
+  if 'epsilon' in record:
+    postfix['eps'] = f'{record["epsilon"]:.3g}'
   return postfix
 
 

@@ -47,7 +47,8 @@ def test_save_two_rounds_and_restore_each(tmp_path):
   assert ckpt.latest_round() == 2
   server_t, clients_t = _zeros_like(_state(0)[0]), _zeros_like(_state(0)[1])
   for r in (1, 2):
-    server, clients = ckpt.restore(r, server_t, clients_t)
+    server, clients, aggregator = ckpt.restore(r, server_t, clients_t)
+    assert aggregator == {}  # Saved without aggregator state.
     want_server, want_clients = _state(r)
     _assert_same_values_and_types(server, want_server)
     _assert_same_values_and_types(clients, want_clients)
@@ -69,7 +70,7 @@ def test_max_to_keep_deletes_old_rounds(tmp_path):
   assert steps == [2, 3]
   ckpt = Checkpointer(directory, max_to_keep=2)
   assert ckpt.latest_round() == 3
-  server, _ = ckpt.restore(3, *map(_zeros_like, _state(0)))
+  server, _, _ = ckpt.restore(3, *map(_zeros_like, _state(0)))
   np.testing.assert_array_equal(server['params']['w'], [3.0, 4.0, 5.0])
   ckpt.close()
 
@@ -83,7 +84,7 @@ def test_empty_tuple_client_state(tmp_path):
   ckpt.close()
   ckpt = Checkpointer(directory)
   assert ckpt.latest_round() == 5
-  restored_server, restored_clients = ckpt.restore(
+  restored_server, restored_clients, _ = ckpt.restore(
       5, {'w': jnp.zeros(2)}, ())
   assert restored_clients == ()
   np.testing.assert_array_equal(restored_server['w'], [1.5, -2.0])
@@ -96,7 +97,19 @@ def test_relative_directory_works(tmp_path, monkeypatch):
   checkpointer = Checkpointer(os.path.join('runs', 'x', 'checkpoints'))
   checkpointer.save(1, {'w': jnp.ones(2)}, ())
   checkpointer.close()
-  restored, _ = Checkpointer('runs/x/checkpoints').restore(
+  restored, _, _ = Checkpointer('runs/x/checkpoints').restore(
       1, {'w': jnp.zeros(2)}, ())
   np.testing.assert_array_equal(restored['w'], [1.0, 1.0])
   assert os.path.isdir(tmp_path / 'runs' / 'x' / 'checkpoints' / '1')
+
+
+def test_aggregator_state_round_trips(tmp_path):
+  """An adaptive clip norm saved with the round comes back with it."""
+  ckpt = Checkpointer(str(tmp_path / 'ckpt'))
+  ckpt.save(1, *_state(1), {'clip_norm': jnp.float32(0.37)})
+  ckpt.close()
+  ckpt = Checkpointer(str(tmp_path / 'ckpt'))
+  _, _, aggregator = ckpt.restore(1, *map(_zeros_like, _state(0)),
+                                  {'clip_norm': jnp.float32(0.0)})
+  np.testing.assert_array_equal(aggregator['clip_norm'], np.float32(0.37))
+  ckpt.close()

@@ -246,7 +246,7 @@ def test_divergence_stops_with_the_round_and_keeps_last_checkpoint(
   assert sim.completed_rounds == bad_round - 1
   checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'))
   assert checkpointer.latest_round() == bad_round - 1
-  server, _ = checkpointer.restore(bad_round - 1, sim.server_state,
+  server, _, _ = checkpointer.restore(bad_round - 1, sim.server_state,
                                    sim.store.stacked)
   assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(server))
   assert len(read_metrics(os.path.join(workdir, 'metrics.jsonl'))) == \

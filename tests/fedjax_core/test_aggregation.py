@@ -1,0 +1,154 @@
+"""The aggregation stage: weighted mean, client-level DP and secure sums,
+against numpy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedjax_core import aggregation
+from fedjax_core import dp
+from fedjax_core import secagg_protocol
+
+IDS = jnp.array([4, 9, 2, 0], jnp.int32)
+IS_REAL = jnp.array([1.0, 1.0, 1.0, 0.0])  # The last client pads.
+
+
+def _messages(scale=1.0):
+  rng = np.random.default_rng(0)
+  messages = {'w': (scale * rng.normal(size=(4, 3, 2))).astype(np.float32),
+              'b': (scale * rng.normal(size=(4, 2))).astype(np.float32)}
+  messages['w'][3] = np.nan  # A padding client's junk must not leak.
+  return messages
+
+
+def _flat(tree, i):
+  return np.concatenate([np.ravel(tree['w'][i]), np.ravel(tree['b'][i])])
+
+
+def _call(aggregator, messages, weights, secagg=None, state=None):
+  state = aggregator.init_state() if state is None else state
+  return jax.jit(aggregator.__call__)(
+      state, jax.tree.map(jnp.asarray, messages), jnp.asarray(weights), IDS,
+      IS_REAL, secagg, jax.random.key(7))
+
+
+def test_plain_aggregation_is_the_weighted_mean_of_real_clients():
+  messages = _messages()
+  weights = np.array([1.0, 3.0, 2.0, 0.0], np.float32)
+  out = _call(aggregation.Aggregator(None, None), messages, weights)
+  want = sum(weights[i] * _flat(messages, i) for i in range(3)) / 6
+  got = np.concatenate([np.ravel(out.message['w']), out.message['b']])
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  np.testing.assert_array_equal(out.arrived, [True, True, True, False])
+
+
+def test_dp_sum_is_clipped_uniform_and_over_the_fixed_denominator():
+  messages = _messages(scale=2.0)
+  config = dp.DPConfig(clip_norm=1.0, noise_multiplier=0.0,
+                       expected_clients=5.0)
+  out = _call(aggregation.Aggregator(None, config), messages,
+              np.array([10.0, 1.0, 1.0, 0.0], np.float32))
+  total = 0
+  for i in range(3):
+    v = _flat(messages, i)
+    total = total + v * min(1.0, 1.0 / np.linalg.norm(v))
+  got = np.concatenate([np.ravel(out.message['w']), out.message['b']])
+  np.testing.assert_allclose(got, total / 5.0, rtol=1e-5)
+  norms = [np.linalg.norm(_flat(messages, i)) for i in range(3)]
+  assert float(out.metrics['dp_clipped_fraction']) == pytest.approx(
+      np.mean([n > 1.0 for n in norms]))
+
+
+def test_dp_noise_on_the_sum_has_std_z_times_clip():
+  """Zero updates: the estimate is N(0, (z S)^2) / m per coordinate."""
+  zeros = {'w': np.zeros((4, 300, 200), np.float32),
+           'b': np.zeros((4, 10), np.float32)}
+  config = dp.DPConfig(clip_norm=0.5, noise_multiplier=1.5,
+                       expected_clients=3.0)
+  out = _call(aggregation.Aggregator(None, config), zeros,
+              np.ones(4, np.float32))
+  values = np.ravel(out.message['w']) * 3.0
+  assert values.std() == pytest.approx(1.5 * 0.5, rel=0.01)
+  assert abs(values.mean()) < 0.01
+
+
+def test_adaptive_clip_moves_toward_the_target_quantile():
+  """All three real updates are far below the clip, so the unclipped
+  fraction is about 1 (noise std 1e-3 / 3) and C shrinks by
+  exp(-eta (1 - gamma))."""
+  config = dp.DPConfig(clip_norm=100.0, noise_multiplier=0.0,
+                       expected_clients=3.0, target_quantile=0.5,
+                       clip_learning_rate=0.2, count_stddev=1e-3)
+  aggregator = aggregation.Aggregator(None, config)
+  out = _call(aggregator, _messages(), np.ones(4, np.float32))
+  assert float(out.metrics['dp_unclipped_fraction']) == pytest.approx(
+      1.0, abs=1e-2)
+  assert float(out.state['clip_norm']) == pytest.approx(
+      100.0 * np.exp(-0.2 * 0.5), rel=1e-2)
+  again = _call(aggregator, _messages(), np.ones(4, np.float32),
+                state=out.state)
+  assert float(again.metrics['dp_clip_norm']) == pytest.approx(
+      float(out.state['clip_norm']))
+
+
+def _secagg_inputs(dropout_fraction=0.0):
+  return jax.tree.map(jnp.asarray, secagg_protocol.round_setup(
+      seed=0, round_num=3, client_ids=np.asarray(IDS),
+      participating=np.asarray(IS_REAL) > 0,
+      dropout_fraction=dropout_fraction, threshold=None))
+
+
+@pytest.mark.parametrize('clip', [2.0, 0.5])
+def test_secure_weighted_mean_matches_the_plain_one_within_quantization(
+    clip):
+  """Also with a clip below 1, which must not clip the weights."""
+  messages = _messages(scale=0.1)
+  weights = np.array([1.0, 3.0, 2.0, 0.0], np.float32)
+  settings = aggregation.SecureAggregation(bits=32, clip=clip)
+  out = _call(aggregation.Aggregator(settings.config(4), None), messages,
+              weights, secagg=_secagg_inputs())
+  want = sum(weights[i] * _flat(messages, i) for i in range(3)) / 6
+  got = np.concatenate([np.ravel(out.message['w']), out.message['b']])
+  np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_secure_aggregation_with_dropouts_averages_the_survivors():
+  messages = _messages(scale=0.3)
+  weights = np.array([1.0, 3.0, 2.0, 0.0], np.float32)
+  inputs = _secagg_inputs(dropout_fraction=0.34)
+  arrived = np.asarray(inputs.arrived) & (np.asarray(IS_REAL) > 0)
+  assert arrived.sum() == 2  # One of the three real clients dropped.
+  settings = aggregation.SecureAggregation(bits=32, clip=2.0)
+  out = _call(aggregation.Aggregator(settings.config(4), None), messages,
+              weights, secagg=inputs)
+  survivors = np.flatnonzero(arrived)
+  want = sum(weights[i] * _flat(messages, i) for i in survivors)
+  want = want / weights[survivors].sum()
+  got = np.concatenate([np.ravel(out.message['w']), out.message['b']])
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  np.testing.assert_array_equal(out.arrived, arrived)
+
+
+def test_secure_dp_sum_equals_plain_dp_sum_within_quantization():
+  messages = _messages(scale=2.0)
+  config = dp.DPConfig(clip_norm=1.0, noise_multiplier=0.0,
+                       expected_clients=3.0, target_quantile=0.5,
+                       count_stddev=1e-3)
+  settings = aggregation.SecureAggregation(bits=32, clip=1.0)
+  weights = np.ones(4, np.float32)
+  plain = _call(aggregation.Aggregator(None, config), messages, weights)
+  secure = _call(aggregation.Aggregator(settings.config(4), config),
+                 messages, weights, secagg=_secagg_inputs())
+  for key in ('w', 'b'):
+    np.testing.assert_allclose(secure.message[key], plain.message[key],
+                               atol=1e-6)
+  np.testing.assert_allclose(secure.state['clip_norm'],
+                             plain.state['clip_norm'], rtol=1e-6)
+  assert 'secagg_clipped_fraction' in secure.metrics
+
+
+def test_secure_aggregation_refuses_a_cohort_that_could_overflow():
+  settings = aggregation.SecureAggregation(bits=8, clip=1.0, scale=64.0)
+  with pytest.raises(ValueError, match='secagg'):
+    settings.config(4)
