@@ -7,6 +7,10 @@ model, the server treats the negated (weighted) mean client delta as a
 pseudo-gradient and applies a server optimizer to it: SGD with learning rate
 1 is FedAvg, SGD with momentum is FedAvgM (Hsu et al. 2019), and the adaptive
 forms are FedAdagrad, FedYogi and FedAdam.
+
+With `dp_sgd`, each local step is DP-SGD (Abadi et al. 2016; per-example
+clipping and noise, `fedjax_core.dp_sgd`), sample-level privacy for
+cross-silo settings.
 """
 
 from typing import Any, Callable
@@ -17,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedjax_core import dp_sgd as dp_sgd_lib
 from fedjax_core import losses
 from fedjax_core import server_model
 from fedjax_core.algorithm import Algorithm, Batch, ClientInfo, ClientOutput
@@ -36,7 +41,8 @@ class LocalState:
 
 def fedavg(apply_fn: ApplyFn, client_optimizer: optax.GradientTransformation,
            server_optimizer: optax.GradientTransformation, *,
-           weighted: bool = True, client_lr_decay: float = 1.0) -> Algorithm:
+           weighted: bool = True, client_lr_decay: float = 1.0,
+           dp_sgd: dp_sgd_lib.DPSGDConfig | None = None) -> Algorithm:
   """FedAvg / FedOpt with the given client and server optimizers.
 
   Client i starts from the global model x, runs local steps of
@@ -53,6 +59,8 @@ def fedavg(apply_fn: ApplyFn, client_optimizer: optax.GradientTransformation,
     weighted: weight clients by example count (FedAvg) or equally.
     client_lr_decay: the client's updates are scaled by this to the power of
       the round (for SGD and Adam alike, a per-round learning-rate decay).
+    dp_sgd: run every local step as DP-SGD with this per-example clip norm
+      and noise multiplier; None takes plain gradients.
 
   Returns:
     The algorithm's pure functions.
@@ -78,11 +86,14 @@ def fedavg(apply_fn: ApplyFn, client_optimizer: optax.GradientTransformation,
     return LocalState(params=params, opt_state=client_optimizer.init(params),
                       lr_scale=lr_scale)
 
-  grad_fn = losses.loss_and_grad(apply_fn)
+  if dp_sgd is None:
+    plain_grad_fn = losses.loss_and_grad(apply_fn)
+    grad_fn = lambda params, batch, rng: plain_grad_fn(params, batch)
+  else:
+    grad_fn = dp_sgd_lib.private_loss_and_grad(apply_fn, dp_sgd)
 
   def local_step(local, batch: Batch, rng):
-    del rng
-    loss, grads = grad_fn(local.params, batch)
+    loss, grads = grad_fn(local.params, batch, rng)
     updates, opt_state = client_optimizer.update(grads, local.opt_state,
                                                  local.params)
     params = optax.apply_updates(local.params,

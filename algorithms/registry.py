@@ -29,6 +29,7 @@ from algorithms.scaffold import scaffold
 from algorithms.scaffold import scaffold_m
 from fedjax_core import optimizers
 from fedjax_core.algorithm import Algorithm
+from fedjax_core.dp_sgd import DPSGDConfig
 from fedjax_core.local_sgd import LocalSGD
 
 PyTree = Any
@@ -155,7 +156,8 @@ def build_algorithm(name: str, apply_fn: Callable[[PyTree, Any], Any], *,
                     server_lr: float | None = None,
                     server_momentum: float = 0.9,
                     weighted: bool | None = None,
-                    hparams: dict[str, Any] | None = None) -> Algorithm:
+                    hparams: dict[str, Any] | None = None,
+                    dp_sgd: DPSGDConfig | None = None) -> Algorithm:
   """Builds algorithm `name` for a model and a population.
 
   Args:
@@ -177,6 +179,7 @@ def build_algorithm(name: str, apply_fn: Callable[[PyTree, Any], Any], *,
       default (FedAvg family: weighted; local-SGD family: uniform, and only
       uniform).
     hparams: the algorithm's own hyperparameters (see `hyperparameters`).
+    dp_sgd: run the clients' local steps as DP-SGD (FedAvg family only).
 
   Returns:
     The algorithm.
@@ -206,7 +209,12 @@ def build_algorithm(name: str, apply_fn: Callable[[PyTree, Any], Any], *,
         max_grad_norm=max_grad_norm)
     return fedavg(apply_fn, client_tx, server_tx,
                   weighted=True if weighted is None else weighted,
-                  client_lr_decay=client_lr_decay)
+                  client_lr_decay=client_lr_decay, dp_sgd=dp_sgd)
+  if dp_sgd is not None:
+    raise ValueError(
+        f'Client-side DP-SGD (--dp_sgd_clip_norm) runs in the FedAvg family '
+        f'({", ".join(_FEDAVG_FAMILY)}), not {name}; use one of those or '
+        'client-level DP (--dp_clip_norm).')
   if client_optimizer != 'sgd':
     raise ValueError(
         f'{name} runs plain local SGD, as its paper states it; '

@@ -22,11 +22,15 @@ from absl import flags
 from absl import logging
 
 import algorithms
+from fedjax_core import aggregation
 from fedjax_core import datasets
+from fedjax_core import dp_sgd
 from fedjax_core import optimizers
 from fedjax_core import partition
 from fedjax_core import partition_report
 from fedjax_core import placement
+from fedjax_core import privacy
+from fedjax_core import privacy_accounting
 from fedjax_core import simulation
 import models
 
@@ -137,6 +141,130 @@ _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 _CPU_DEVICES = flags.DEFINE_integer(
     'cpu_devices', None, 'On CPU, JAX devices to split the host into; the '
     'cohort is sharded over them (default: one per core; 1 disables).')
+_AGGREGATOR = flags.DEFINE_enum(
+    'aggregator', 'mean', aggregation.AGGREGATORS,
+    'mean: the weighted mean in the clear; secure: secure aggregation '
+    '(Bonawitz et al. 2017): fixed-point words in Z_(2^bits), pairwise and '
+    'self masks, dropped clients\' masks recovered from Shamir shares.')
+_SECAGG_BITS = flags.DEFINE_integer(
+    'secagg_bits', 32, 'Secure aggregation: bits b of the modulus 2^b.')
+_SECAGG_CLIP = flags.DEFINE_float(
+    'secagg_clip', 1.0, 'Secure aggregation: each coordinate is clipped to '
+    '[-clip, clip] before encoding (metric secagg_clipped_fraction).')
+_SECAGG_SCALE = flags.DEFINE_float(
+    'secagg_scale', None, 'Secure aggregation: fixed-point scale (default: '
+    'the largest power of two for which the cohort\'s sum cannot wrap).')
+_SECAGG_DROPOUT = flags.DEFINE_float(
+    'secagg_dropout_fraction', 0.0, 'Secure aggregation: share of each '
+    'cohort that drops after masking; the survivors\' sum is still exact.')
+_SECAGG_THRESHOLD = flags.DEFINE_integer(
+    'secagg_threshold', None, 'Secure aggregation: t of the t-of-n Shamir '
+    'sharing (default: a majority of the cohort); fewer survivors is an '
+    'error.')
+_DP_CLIP_NORM = flags.DEFINE_float(
+    'dp_clip_norm', None, 'Client-level DP-FedAvg (McMahan et al. 2018): '
+    'clip every client update to this L2 norm; setting it turns DP on.')
+_DP_NOISE = flags.DEFINE_float(
+    'dp_noise_multiplier', None, 'DP: noise std on the update sum over the '
+    'clip norm (default: calibrated to --dp_target_epsilon).')
+_DP_DELTA = flags.DEFINE_float('dp_delta', 1e-5,
+                               'DP: the delta epsilon is reported at.')
+_DP_TARGET_EPSILON = flags.DEFINE_float(
+    'dp_target_epsilon', None, 'DP: stop before a round that would spend '
+    'more; without --dp_noise_multiplier, calibrate the noise so that '
+    '--num_rounds spend exactly this.')
+_DP_SAMPLING = flags.DEFINE_enum(
+    'dp_sampling', None, privacy_accounting.SAMPLINGS,
+    'DP: cohort sampling to account for. poisson: each client takes part '
+    'with probability clients_per_round / num_clients (sets '
+    '--participation=bernoulli); fixed: clients_per_round without '
+    'replacement. Default: as --participation.')
+_DP_ACCOUNTANT = flags.DEFINE_enum(
+    'dp_accountant', 'rdp', privacy_accounting.ACCOUNTANTS,
+    'DP: dp-accounting\'s RDP or PLD accountant (PLD is tighter and '
+    'slower, Poisson sampling only).')
+_DP_PER_LAYER = flags.DEFINE_bool(
+    'dp_per_layer_clip', False, 'DP: clip each layer to clip / sqrt(layers) '
+    'instead of the whole update to clip.')
+_DP_TARGET_QUANTILE = flags.DEFINE_float(
+    'dp_target_quantile', None, 'DP: adapt the clip norm to this quantile of '
+    'the update norms (Andrew et al. 2021; e.g. 0.5); default: fixed clip.')
+_DP_CLIP_LR = flags.DEFINE_float(
+    'dp_clip_learning_rate', 0.2, 'DP: learning rate of the geometric '
+    'adaptive clip update.')
+_DP_COUNT_STDDEV = flags.DEFINE_float(
+    'dp_count_stddev', None, 'DP: noise std of adaptive clipping\'s '
+    'unclipped count (default: clients_per_round / 20).')
+_DP_SGD_CLIP = flags.DEFINE_float(
+    'dp_sgd_clip_norm', None, 'Sample-level DP-SGD on each client (FedAvg '
+    'family): clip every example\'s gradient to this norm; turns it on.')
+_DP_SGD_NOISE = flags.DEFINE_float(
+    'dp_sgd_noise_multiplier', 1.0, 'DP-SGD: noise std over the per-example '
+    'clip norm.')
+
+
+_DP_FLAGS = ('dp_noise_multiplier', 'dp_target_epsilon', 'dp_sampling',
+             'dp_per_layer_clip', 'dp_target_quantile',
+             'dp_clip_learning_rate', 'dp_count_stddev')
+_SECAGG_FLAGS = ('secagg_bits', 'secagg_clip', 'secagg_scale',
+                 'secagg_dropout_fraction', 'secagg_threshold')
+
+
+def _check_flag_groups() -> None:
+  """Rejects settings of a feature that is off."""
+  groups = ((_SECAGG_FLAGS, _AGGREGATOR.value == 'secure',
+             '--aggregator=secure'),
+            (_DP_FLAGS, _DP_CLIP_NORM.value is not None, '--dp_clip_norm'),
+            (('dp_sgd_noise_multiplier',), _DP_SGD_CLIP.value is not None,
+             '--dp_sgd_clip_norm'))
+  for names, enabled, switch in groups:
+    for name in names:
+      if flags.FLAGS[name].present and not enabled:
+        raise ValueError(f'--{name} has no effect without {switch}; add '
+                         f'{switch} or drop --{name}.')
+
+
+def _participation() -> str:
+  """--participation, as --dp_sampling may set it."""
+  sampling = _DP_SAMPLING.value
+  if sampling is None:
+    return _PARTICIPATION.value
+  implied = 'bernoulli' if sampling == 'poisson' else 'fixed'
+  if flags.FLAGS['participation'].present and _PARTICIPATION.value != implied:
+    raise ValueError(f'--dp_sampling={sampling} needs '
+                     f'--participation={implied}, got '
+                     f'--participation={_PARTICIPATION.value}.')
+  return implied
+
+
+def _privacy_settings() -> dict:
+  """The SimulationConfig fields of secure aggregation and DP."""
+  settings = {}
+  if _AGGREGATOR.value == 'secure':
+    settings['secure_aggregation'] = aggregation.SecureAggregation(
+        bits=_SECAGG_BITS.value, clip=_SECAGG_CLIP.value,
+        scale=_SECAGG_SCALE.value,
+        dropout_fraction=_SECAGG_DROPOUT.value,
+        threshold=_SECAGG_THRESHOLD.value)
+  if _DP_CLIP_NORM.value is not None:
+    settings['client_dp'] = privacy.ClientDPSettings(
+        clip_norm=_DP_CLIP_NORM.value, noise_multiplier=_DP_NOISE.value,
+        delta=_DP_DELTA.value, target_epsilon=_DP_TARGET_EPSILON.value,
+        accountant=_DP_ACCOUNTANT.value, per_layer=_DP_PER_LAYER.value,
+        target_quantile=_DP_TARGET_QUANTILE.value,
+        clip_learning_rate=_DP_CLIP_LR.value,
+        count_stddev=_DP_COUNT_STDDEV.value)
+  if _DP_SGD_CLIP.value is not None:
+    settings['sample_dp'] = privacy.SampleDPSettings(
+        _DP_SGD_NOISE.value, delta=_DP_DELTA.value,
+        accountant=_DP_ACCOUNTANT.value)
+  return settings
+
+
+def _dp_sgd() -> dp_sgd.DPSGDConfig | None:
+  if _DP_SGD_CLIP.value is None:
+    return None
+  return dp_sgd.DPSGDConfig(_DP_SGD_CLIP.value, _DP_SGD_NOISE.value)
 
 
 def _build(name: str, apply_fn, num_clients: int):
@@ -150,7 +278,7 @@ def _build(name: str, apply_fn, num_clients: int):
       weight_decay=_WEIGHT_DECAY.value, max_grad_norm=_MAX_GRAD_NORM.value,
       server_optimizer=_SERVER_OPTIMIZER.value, server_lr=_SERVER_LR.value,
       server_momentum=_SERVER_MOMENTUM.value, weighted=_WEIGHTED.value,
-      hparams=hparams)
+      hparams=hparams, dp_sgd=_dp_sgd())
 
 
 def _check_hparam_targets(names: list[str]) -> None:
@@ -172,13 +300,22 @@ def _run_one(name: str, dataset, model, workdir: str) -> dict:
       eval_every=_EVAL_EVERY.value, checkpoint_every=_CHECKPOINT_EVERY.value,
       workdir=workdir, local_loop=_LOCAL_LOOP.value,
       client_chunk=_CLIENT_CHUNK.value, progress=_PROGRESS.value,
-      participation=_PARTICIPATION.value, size_buckets=_SIZE_BUCKETS.value,
-      augment=_AUGMENT.value)
+      participation=_participation(), size_buckets=_SIZE_BUCKETS.value,
+      augment=_AUGMENT.value, **_privacy_settings())
   sim = simulation.Simulation(algorithm, model, dataset, config)
   buckets = ', '.join(str(b) for b in sim.step_buckets)
   print(f'{name}: local steps of batch {config.batch_size} padded to '
         f'{buckets}, loop={sim.local_loop}, workdir={workdir}')
-  return sim.run()
+  if sim.privacy is not None:
+    print(f'{name}: client-level DP with noise multiplier '
+          f'{sim.privacy.noise_multiplier:.4g}, clip {_DP_CLIP_NORM.value:g}; '
+          f'{sim.final_round} rounds spend epsilon '
+          f'{sim.privacy.epsilon(sim.final_round):.4g} at delta '
+          f'{_DP_DELTA.value:g}')
+  summary = sim.run()
+  if 'stopped_by_privacy_budget' in summary:
+    print(f'{name}: {summary["stopped_by_privacy_budget"]}')
+  return summary
 
 
 def _write_partition(workdir: str, dataset) -> str:
@@ -204,10 +341,12 @@ def _write_partition(workdir: str, dataset) -> str:
 
 
 def format_table(summaries: dict[str, dict]) -> str:
-  """A plain-text table of each algorithm's accuracy and time; a run that
-  diverged shows where instead."""
+  """A plain-text table of each algorithm's accuracy and time (and the
+  epsilon spent, under DP); a run that diverged shows where instead."""
+  private = any('epsilon' in s for s in summaries.values())
   header = (f'{"algorithm":<12} {"final acc":>9} {"best acc":>9} '
-            f'{"best round":>10} {"train loss":>10} {"round s":>8}')
+            f'{"best round":>10} {"train loss":>10} {"round s":>8}'
+            + (f' {"epsilon":>8}' if private else ''))
   lines = [header, '-' * len(header)]
   for name, s in summaries.items():
     if 'diverged' in s:
@@ -216,7 +355,8 @@ def format_table(summaries: dict[str, dict]) -> str:
     lines.append(
         f'{name:<12} {s["final_test_accuracy"]:>9.4f} '
         f'{s["best_test_accuracy"]:>9.4f} {s["best_round"]:>10d} '
-        f'{s["final_train_loss"]:>10.4f} {s["wall_s"]:>8.1f}')
+        f'{s["final_train_loss"]:>10.4f} {s["wall_s"]:>8.1f}'
+        + (f' {s["epsilon"]:>8.3g}' if private else ''))
   return '\n'.join(lines)
 
 
@@ -233,6 +373,7 @@ def main(argv):
   names = _ALGORITHM.value
   try:
     _check_hparam_targets(names)
+    _check_flag_groups()
     dataset = datasets.load_dataset(
         _DATASET.value, num_clients=_NUM_CLIENTS.value, seed=_SEED.value,
         partition=_PARTITION.value, dirichlet_alpha=_DIRICHLET_ALPHA.value,

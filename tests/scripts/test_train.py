@@ -70,6 +70,19 @@ def test_compares_algorithms_and_resumes(tmp_path):
     ('--hparams=mu=0.1', 'fedavg has no hyperparameter mu'),
     ('--hparams=fedprx.mu=0.1', "targets 'fedprx', which is not in"),
     ('--participation=poisson', 'value should be one of'),
+    ('--secagg_bits=16', '--secagg_bits has no effect without '
+     '--aggregator=secure'),
+    ('--dp_clip_norm=1', 'DP needs --dp_noise_multiplier or'),
+    ('--dp_clip_norm=1 --dp_noise_multiplier=1 --dp_sampling=poisson '
+     '--participation=fixed', '--dp_sampling=poisson needs '
+     '--participation=bernoulli'),
+    ('--dp_clip_norm=1 --dp_noise_multiplier=1 --dp_delta=0.5',
+     '--dp_delta must be in'),
+    ('--dp_clip_norm=1 --dp_noise_multiplier=0.3 --dp_target_epsilon=0.1',
+     'One round already spends epsilon'),
+    ('--aggregator=secure --secagg_dropout_fraction=0.7',
+     'lower --secagg_dropout_fraction'),
+    ('--algorithm=scaffold --dp_sgd_clip_norm=1', 'FedAvg family'),
 ])
 def test_bad_input_is_a_clear_error(tmp_path, flag, message):
   result = _train(*SMALL, *flag.split(), f'--workdir={tmp_path}',
@@ -150,3 +163,18 @@ def test_cifar10_under_tfds_mock_data_end_to_end(tmp_path):
   for r in records:
     assert 0 <= r['test_accuracy'] <= 1
     assert 0 <= r['local_test_accuracy_p10'] <= r['local_test_accuracy_mean']
+
+
+def test_dp_fedavg_over_secure_aggregation_reports_epsilon(tmp_path):
+  result = _train(*SMALL, '--algorithm=fedavg', '--dp_clip_norm=0.5',
+                  '--dp_noise_multiplier=1.0', '--dp_sampling=poisson',
+                  '--aggregator=secure', f'--workdir={tmp_path}')
+  assert result.returncode == 0, result.stderr
+  assert 'client-level DP with noise multiplier 1' in result.stdout
+  with open(tmp_path / 'metrics.jsonl') as f:
+    records = [json.loads(line) for line in f]
+  epsilons = [r['epsilon'] for r in records]
+  assert len(epsilons) == 3 and epsilons == sorted(epsilons)
+  assert all('secagg_clipped_fraction' in r for r in records)
+  table = result.stdout[result.stdout.index('algorithm'):]
+  assert 'epsilon' in table and f'{epsilons[-1]:.3g}' in table
