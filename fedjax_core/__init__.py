@@ -1,5 +1,7 @@
 """fedjax_core: the engine of a JAX-native federated learning simulator."""
 
+from fedjax_core.aggregation import Aggregator
+from fedjax_core.aggregation import SecureAggregation
 from fedjax_core.algorithm import Algorithm
 from fedjax_core.algorithm import Batch
 from fedjax_core.algorithm import ClientInfo
@@ -20,6 +22,9 @@ from fedjax_core.placement import client_mesh
 from fedjax_core.placement import map_clients
 from fedjax_core.placement import reduce_sum
 from fedjax_core.placement import reduce_weighted_mean
+from fedjax_core.placement import reduce_weighted_sum
+from fedjax_core.privacy import ClientDPSettings
+from fedjax_core.privacy import SampleDPSettings
 from fedjax_core.rounds import CompiledRound
 from fedjax_core.rounds import RoundInputs
 from fedjax_core.sampling import sample_clients
@@ -29,11 +34,13 @@ from fedjax_core.simulation import TrainingDivergedError
 from fedjax_core.state_store import ClientStateStore
 
 __all__ = (
+    'Aggregator',
     'Algorithm',
     'Batch',
     'CentralDataset',
     'Checkpointer',
     'ClientIndices',
+    'ClientDPSettings',
     'ClientInfo',
     'ClientOutput',
     'ClientStateStore',
@@ -44,6 +51,8 @@ __all__ = (
     'LocalEvaluator',
     'MetricsWriter',
     'RoundInputs',
+    'SampleDPSettings',
+    'SecureAggregation',
     'Simulation',
     'SimulationConfig',
     'TrainingDivergedError',
@@ -54,6 +63,7 @@ __all__ = (
     'read_metrics',
     'reduce_sum',
     'reduce_weighted_mean',
+    'reduce_weighted_sum',
     'sample_clients',
     'step_buckets',
 )

@@ -81,7 +81,7 @@ def test_compares_algorithms_and_resumes(tmp_path):
     ('--dp_clip_norm=1 --dp_noise_multiplier=0.3 --dp_target_epsilon=0.1',
      'One round already spends epsilon'),
     ('--aggregator=secure --secagg_dropout_fraction=0.7',
-     'lower --secagg_dropout_fraction'),
+     'Lower --secagg_dropout_fraction'),
     ('--algorithm=scaffold --dp_sgd_clip_norm=1', 'FedAvg family'),
 ])
 def test_bad_input_is_a_clear_error(tmp_path, flag, message):
