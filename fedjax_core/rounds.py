@@ -91,11 +91,13 @@ class CompiledRound:
     server_state, server_metrics = self._algorithm.server_update(
         server_state, aggregated.message,
         CohortInfo(num_clients=jnp.sum(arrived)))
-    # A client whose message never arrived keeps its old state.
-    client_state = jax.tree.map(
-        lambda new, old: jnp.where(
-            aggregated.arrived.reshape((-1,) + (1,) * (new.ndim - 1)), new,
-            old), outputs.client_state, cohort_state)
+    client_state = outputs.client_state
+    if inputs.secagg is not None:
+      # A client whose message never arrived keeps its old state.
+      client_state = jax.tree.map(
+          lambda new, old: jnp.where(
+              aggregated.arrived.reshape((-1,) + (1,) * (new.ndim - 1)), new,
+              old), client_state, cohort_state)
 
     examples = infos.num_examples * inputs.is_real
     train_means = placement.reduce_weighted_mean(train_metrics, examples)
