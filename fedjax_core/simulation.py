@@ -294,7 +294,7 @@ class Simulation:
                                                    rounds.RoundInputs]:
     """The cohort of `round_num`, padded with zero-weight clients to its
     capacity (Bernoulli participation) and to a multiple of the device
-    count, with the secure-aggregation protocol's inputs if it is on."""
+    count."""
     num_clients = self.dataset.num_clients
     cohort = self.config.clients_per_round
     if self.config.participation == 'bernoulli':
@@ -319,27 +319,33 @@ class Simulation:
     def pad_rows(a):
       return np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)])
 
-    is_real = pad_rows(np.ones(len(ids), np.float32))
-    secagg = None
-    if self._secure is not None:
-      # A Bernoulli draw beyond the capacity could overflow the modulus.
-      secure_aggregation.check_overflow(len(ids), self._secure)
-      settings = self.config.secure_aggregation
-      secagg = secagg_protocol.round_setup(
-          self.config.seed, round_num, padded_ids, is_real > 0,
-          settings.dropout_fraction, settings.threshold)
     inputs = rounds.RoundInputs(
         client_ids=padded_ids.astype(np.int32),
         indices=pad_rows(batches.indices), mask=pad_rows(batches.mask),
-        is_real=is_real, secagg=secagg)
+        is_real=pad_rows(np.ones(len(ids), np.float32)))
     return ids, inputs
+
+  def _with_secagg(self, round_num: int, inputs: rounds.RoundInputs
+                   ) -> rounds.RoundInputs:
+    """`inputs` with the secure-aggregation protocol's round: key
+    agreement, dropouts and the server's Shamir recovery."""
+    participating = inputs.is_real > 0
+    # A Bernoulli draw beyond the capacity could overflow the modulus.
+    secure_aggregation.check_overflow(int(participating.sum()), self._secure)
+    settings = self.config.secure_aggregation
+    return inputs._replace(secagg=secagg_protocol.round_setup(
+        self.config.seed, round_num, inputs.client_ids, participating,
+        settings.dropout_fraction, settings.threshold))
 
   def run_round(self) -> dict[str, float]:
     """Runs the next round and returns its metrics as host floats."""
     start = time.perf_counter()
     round_num = self.completed_rounds
     ids, inputs = self._round_inputs(round_num)
-    setup_s = time.perf_counter() - start
+    if self._secure is not None:
+      secagg_start = time.perf_counter()
+      inputs = self._with_secagg(round_num, inputs)
+      secagg_setup_s = time.perf_counter() - secagg_start
     padding_fraction = 1.0 - float(inputs.mask.mean())
     cohort_state = jax.device_put(self.store.gather(inputs.client_ids),
                                   self._cohort_sharding)
@@ -372,7 +378,7 @@ class Simulation:
               'padding_fraction': padding_fraction}
     if inputs.secagg is not None:
       record.update(
-          secagg_setup_s=setup_s,
+          secagg_setup_s=secagg_setup_s,
           secagg_dropped=int(np.sum(inputs.is_real > 0)
                              - np.sum(inputs.secagg.arrived)))
     if epsilon is not None:

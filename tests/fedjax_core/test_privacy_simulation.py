@@ -127,6 +127,7 @@ def test_dropped_clients_keep_their_state_and_leave_the_mean(dataset):
                         clip=4.0, dropout_fraction=0.25))
   before = jax.tree.map(np.copy, sim.store.stacked)
   ids, inputs = sim._round_inputs(0)
+  inputs = sim._with_secagg(0, inputs)
   sim.run_round()
   assert sim.history == [] and inputs.secagg.arrived.sum() == 3
   dropped = ids[~inputs.secagg.arrived[:len(ids)]]
