@@ -1,6 +1,8 @@
 """How the compiled round turns the cohort's messages into one.
 
-Three composable stages, all inside the jitted round:
+Either a Byzantine-robust rule over the individual messages
+(`fedjax_core.robust_aggregation`, optionally after nearest-neighbour
+mixing), or three composable stages, all inside the jitted round:
 
 1. Client-level DP (`fedjax_core.dp`, McMahan et al. 2018): each message is
    clipped to the clip norm and the clients are weighted equally.
@@ -28,11 +30,14 @@ from jax.flatten_util import ravel_pytree
 
 from fedjax_core import dp
 from fedjax_core import placement
+from fedjax_core import robust_aggregation
 from fedjax_core import secure_aggregation
 from fedjax_core.secagg_protocol import SecAggRoundInputs
 
 PyTree = Any
-AGGREGATORS = ('mean', 'secure')
+ROBUST_RULES = ('median', 'trimmed_mean', 'krum', 'multi_krum',
+                'geometric_median', 'centered_clip', 'monna')
+AGGREGATORS = ('mean', 'secure') + ROBUST_RULES
 _SECAGG_STREAM, _NOISE_STREAM, _COUNT_STREAM = 0, 1, 2
 
 
@@ -79,6 +84,76 @@ class SecureAggregation:
     return config
 
 
+@dataclasses.dataclass(frozen=True)
+class RobustAggregation:
+  """Settings of a Byzantine-robust aggregation rule.
+
+  The rules see each client's flattened message (all leaves concatenated).
+  Weights (the algorithm's, e.g. example counts) enter the median,
+  geometric median, centered clipping, Multi-Krum's average of the selected
+  and the mean after mixing; trimmed mean, Krum's scores, nearest-neighbour
+  mixing and MoNNA count clients, not weight (a Byzantine client reports its
+  own weight). Absent clients (padding, weight 0) count nowhere.
+
+  Attributes:
+    rule: one of `ROBUST_RULES`, or 'mean' with `nnm`.
+    num_byzantine: f, the Byzantine clients per round the rule tolerates.
+    nnm: nearest-neighbour mixing before the rule (Allouah et al. 2023);
+      MoNNA always mixes.
+    num_selected: Multi-Krum's m; None: the cohort size minus f.
+    rfa_iters: smoothed Weiszfeld iterations of the geometric median.
+    rfa_smoothing: its smoothing nu.
+    clip_radius: centered clipping's radius tau.
+    clip_iters: centered clipping's iterations.
+    momentum: MoNNA's client momentum beta.
+  """
+
+  rule: str
+  num_byzantine: int = 1
+  nnm: bool = False
+  num_selected: int | None = None
+  rfa_iters: int = 3
+  rfa_smoothing: float = 1e-6
+  clip_radius: float = 1.0
+  clip_iters: int = 1
+  momentum: float = 0.9
+
+  def __post_init__(self):
+    if self.rule not in ROBUST_RULES + ('mean',):
+      raise ValueError(f'Unknown robust rule {self.rule!r}; valid: '
+                       f'{", ".join(ROBUST_RULES)}.')
+    if self.rule == 'mean' and not self.nnm:
+      raise ValueError('The plain mean is not a robust rule; add --nnm.')
+    if self.num_byzantine < 0:
+      raise ValueError(f'--robust_f must be >= 0, got {self.num_byzantine}.')
+    positive = {'rfa_iters': self.rfa_iters, 'cc_iters': self.clip_iters}
+    for name, value in positive.items():
+      if value < 1:
+        raise ValueError(f'--{name} must be positive, got {value}.')
+    if not self.clip_radius > 0:
+      raise ValueError(f'--cc_radius must be positive, got '
+                       f'{self.clip_radius!r}.')
+    if not self.rfa_smoothing > 0:
+      raise ValueError(f'--rfa_smoothing must be positive, got '
+                       f'{self.rfa_smoothing!r}.')
+
+  def check_cohort(self, cohort_size: int) -> None:
+    """Raises ValueError if `cohort_size` clients are too few for f."""
+    f = self.num_byzantine
+    needed = 2 * f + 1
+    if self.rule in ('krum', 'multi_krum'):
+      needed = 2 * f + 3  # Blanchard et al. 2017: n > 2f + 2.
+    if cohort_size < needed:
+      raise ValueError(
+          f'--aggregator={self.rule} with --robust_f={f} needs at least '
+          f'{needed} clients a round, got {cohort_size}; lower --robust_f '
+          'or raise --clients_per_round.')
+    if self.num_selected is not None and not (
+        1 <= self.num_selected <= cohort_size):
+      raise ValueError(f'--krum_selected must be in [1, {cohort_size}], '
+                       f'got {self.num_selected}.')
+
+
 class Aggregated(NamedTuple):
   """What the aggregation gives the rest of the round.
 
@@ -105,14 +180,26 @@ class Aggregator:
   """
 
   def __init__(self, secure: secure_aggregation.SecAggConfig | None,
-               dp_config: dp.DPConfig | None):
+               dp_config: dp.DPConfig | None,
+               robust: RobustAggregation | None = None):
+    if robust is not None and (secure is not None or dp_config is not None):
+      raise ValueError('A robust --aggregator needs every client\'s message '
+                       'in the clear; it does not combine with secure '
+                       'aggregation or client-level DP.')
     self.secure = secure
     self.dp = dp_config
+    self.robust = robust
 
-  def init_state(self) -> dict[str, jax.Array]:
-    """`{'clip_norm': C}` under adaptive clipping, else empty."""
+  def init_state(self, message_template: PyTree = None
+                 ) -> dict[str, jax.Array]:
+    """`{'clip_norm': C}` under adaptive clipping; `{'center': zeros}`, the
+    size of one flattened message (`message_template`, arrays or
+    `jax.ShapeDtypeStruct`s), under centered clipping; else empty."""
     if self.dp is not None and self.dp.adaptive:
       return {'clip_norm': jnp.float32(self.dp.clip_norm)}
+    if self.robust is not None and self.robust.rule == 'centered_clip':
+      size = sum(x.size for x in jax.tree.leaves(message_template))
+      return {'center': jnp.zeros((size,), jnp.float32)}
     return {}
 
   def __call__(self, state: dict[str, jax.Array], messages: PyTree,
@@ -134,6 +221,9 @@ class Aggregator:
     arrived = participating
     if secagg_inputs is not None:
       arrived = participating & secagg_inputs.arrived
+    if self.robust is not None:
+      message, state = self._robust(state, messages, weights * participating)
+      return Aggregated(message, state, {}, arrived)
     if self.dp is None and self.secure is None:
       return Aggregated(placement.reduce_weighted_mean(messages, weights),
                         state, {}, arrived)
@@ -183,6 +273,39 @@ class Aggregator:
       metrics['dp_unclipped_fraction'] = fraction
       new_state['clip_norm'] = dp.next_clip_norm(clip_norm, fraction, self.dp)
     return Aggregated(mean, new_state, metrics, arrived)
+
+  def _robust(self, state, messages, weights):
+    """The robust rule over the flattened messages (`weights` 0 for
+    absent clients); returns the estimate and the new state."""
+    flat = jax.vmap(lambda m: ravel_pytree(m)[0])(messages)
+    _, unravel = ravel_pytree(jax.tree.map(lambda x: x[0], messages))
+    robust = self.robust
+    f = robust.num_byzantine
+    if robust.nnm or robust.rule == 'monna':
+      flat = robust_aggregation.nearest_neighbor_mixing(flat, weights, f)
+    new_state = dict(state)
+    if robust.rule in ('mean', 'monna'):
+      if robust.rule == 'monna':  # MoNNA averages clients uniformly.
+        weights = (weights > 0).astype(jnp.float32)
+      estimate = placement.reduce_weighted_mean(flat, weights)
+    elif robust.rule == 'median':
+      estimate = robust_aggregation.coordinate_median(flat, weights)
+    elif robust.rule == 'trimmed_mean':
+      estimate = robust_aggregation.trimmed_mean(flat, weights, f)
+    elif robust.rule in ('krum', 'multi_krum'):
+      selected = 1
+      if robust.rule == 'multi_krum':
+        selected = robust.num_selected or flat.shape[0] - f
+      estimate = robust_aggregation.multi_krum(flat, weights, f, selected)
+    elif robust.rule == 'geometric_median':
+      estimate = robust_aggregation.geometric_median(
+          flat, weights, robust.rfa_iters, robust.rfa_smoothing)
+    else:
+      estimate = robust_aggregation.centered_clip(
+          flat, weights, state['center'], robust.clip_radius,
+          robust.clip_iters)
+      new_state['center'] = estimate
+    return unravel(estimate), new_state
 
   def _secure_sum(self, messages, weights, extra, client_ids, participating,
                   arrived, secagg_inputs, key):

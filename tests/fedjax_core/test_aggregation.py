@@ -152,3 +152,63 @@ def test_secure_aggregation_refuses_a_cohort_that_could_overflow():
   settings = aggregation.SecureAggregation(bits=8, clip=1.0, scale=64.0)
   with pytest.raises(ValueError, match='secagg'):
     settings.config(4)
+
+
+def _nearest_mean(vectors, f):
+  """Nearest-neighbour mixing in numpy: each vector -> the mean of its
+  n - f nearest (itself included)."""
+  dist = ((vectors[:, None] - vectors[None]) ** 2).sum(-1)
+  return np.stack([vectors[np.argsort(row)[:len(vectors) - f]].mean(0)
+                   for row in dist])
+
+
+def _tree_flat(message):
+  return np.concatenate([np.ravel(message['w']), np.ravel(message['b'])])
+
+
+@pytest.mark.parametrize('rule', ['monna', 'mean'])
+def test_mixing_then_mean_weights_only_the_plain_mean(rule):
+  """MoNNA averages the mixed updates uniformly; --nnm with the mean keeps
+  the algorithm's weights. The padding client's NaN stays out."""
+  messages = _messages()
+  # Clients 0 and 1 are each other's nearest, so they mix to one vector;
+  # weights 1, 1, 4 then tell the weighted mean from the uniform one.
+  weights = np.array([1.0, 1.0, 4.0, 0.0], np.float32)
+  robust = aggregation.RobustAggregation(rule, num_byzantine=1, nnm=True)
+  out = _call(aggregation.Aggregator(None, None, robust), messages, weights)
+  mixed = _nearest_mean(np.stack([_flat(messages, i) for i in range(3)]), 1)
+  w = np.ones(3) if rule == 'monna' else weights[:3]
+  np.testing.assert_allclose(_tree_flat(out.message),
+                             (w[:, None] * mixed).sum(0) / w.sum(),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_median_rule_through_the_aggregator_keeps_the_tree():
+  messages = _messages()
+  robust = aggregation.RobustAggregation('median', num_byzantine=1)
+  out = _call(aggregation.Aggregator(None, None, robust), messages,
+              np.array([1.0, 1.0, 1.0, 0.0], np.float32))
+  want = np.median(np.stack([_flat(messages, i) for i in range(3)]), axis=0)
+  np.testing.assert_allclose(_tree_flat(out.message), want, rtol=1e-6)
+  assert out.message['w'].shape == (3, 2)
+
+
+def test_centered_clipping_carries_its_center_in_the_state():
+  messages = _messages()
+  weights = np.array([1.0, 3.0, 2.0, 0.0], np.float32)
+  robust = aggregation.RobustAggregation('centered_clip', clip_radius=0.3)
+  aggregator = aggregation.Aggregator(None, None, robust)
+  template = jax.tree.map(lambda x: x[0], messages)
+  state = aggregator.init_state(template)
+  np.testing.assert_array_equal(state['center'], np.zeros(8))
+  vectors = np.stack([_flat(messages, i) for i in range(3)])
+  center = np.zeros(8)
+  for _ in range(2):
+    out = _call(aggregator, messages, weights, state=state)
+    diffs = vectors - center
+    scale = np.minimum(1, 0.3 / np.linalg.norm(diffs, axis=1))
+    center = center + (weights[:3, None] * diffs * scale[:, None]).sum(
+        0) / weights.sum()
+    np.testing.assert_allclose(_tree_flat(out.message), center, rtol=1e-5,
+                               atol=1e-6)
+    state = out.state
