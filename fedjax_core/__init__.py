@@ -1,11 +1,13 @@
 """fedjax_core: the engine of a JAX-native federated learning simulator."""
 
 from fedjax_core.aggregation import Aggregator
+from fedjax_core.aggregation import RobustAggregation
 from fedjax_core.aggregation import SecureAggregation
 from fedjax_core.algorithm import Algorithm
 from fedjax_core.algorithm import Batch
 from fedjax_core.algorithm import ClientInfo
 from fedjax_core.algorithm import ClientOutput
+from fedjax_core.attacks import Attack
 from fedjax_core.batching import CohortBatches
 from fedjax_core.batching import client_num_steps
 from fedjax_core.batching import cohort_batches
@@ -32,10 +34,13 @@ from fedjax_core.simulation import Simulation
 from fedjax_core.simulation import SimulationConfig
 from fedjax_core.simulation import TrainingDivergedError
 from fedjax_core.state_store import ClientStateStore
+from fedjax_core.uplink import Uplink
+from fedjax_core.uplink import with_uplink
 
 __all__ = (
     'Aggregator',
     'Algorithm',
+    'Attack',
     'Batch',
     'CentralDataset',
     'Checkpointer',
@@ -50,12 +55,14 @@ __all__ = (
     'FederatedDataset',
     'LocalEvaluator',
     'MetricsWriter',
+    'RobustAggregation',
     'RoundInputs',
     'SampleDPSettings',
     'SecureAggregation',
     'Simulation',
     'SimulationConfig',
     'TrainingDivergedError',
+    'Uplink',
     'client_mesh',
     'client_num_steps',
     'cohort_batches',
@@ -66,4 +73,5 @@ __all__ = (
     'reduce_weighted_sum',
     'sample_clients',
     'step_buckets',
+    'with_uplink',
 )

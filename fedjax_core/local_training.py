@@ -28,7 +28,8 @@ def client_update(algorithm: Algorithm, server_state: PyTree,
                   client_state: PyTree, indices: jax.Array, mask: jax.Array,
                   rng: jax.Array, train_x: jax.Array, train_y: jax.Array, *,
                   unroll: bool, skip_empty_steps: bool,
-                  augment: AugmentFn | None = None
+                  augment: AugmentFn | None = None,
+                  relabel: Callable[[jax.Array], jax.Array] | None = None
                   ) -> tuple[ClientOutput, ClientInfo, dict[str, jax.Array]]:
   """Runs one client's round: init, local steps, final message.
 
@@ -45,6 +46,8 @@ def client_update(algorithm: Algorithm, server_state: PyTree,
     skip_empty_steps: guard each step so an all-padding step is a no-op
       (needed whenever some steps can be empty).
     augment: `(key, x) -> x` applied to every float batch, or None.
+    relabel: `y -> y` applied to every batch's labels (label-flipping
+      attacks), or None.
 
   Returns:
     The algorithm's `ClientOutput`, the engine's `ClientInfo`, and the
@@ -59,7 +62,10 @@ def client_update(algorithm: Algorithm, server_state: PyTree,
     x = as_float(train_x[step_indices])
     if augment is not None:
       x = augment(jax.random.fold_in(step_rng, _AUGMENT_STREAM), x)
-    batch = Batch(x=x, y=train_y[step_indices], mask=step_mask)
+    y = train_y[step_indices]
+    if relabel is not None:
+      y = relabel(y)
+    batch = Batch(x=x, y=y, mask=step_mask)
     new_local, step_metrics = algorithm.local_step(local, batch, step_rng)
     count = jnp.sum(step_mask)
     if skip_empty_steps:

@@ -8,8 +8,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 
 from fedjax_core import aggregation
+from fedjax_core import attacks
 from fedjax_core import local_training
 from fedjax_core import placement
 from fedjax_core.algorithm import Algorithm, CohortInfo
@@ -19,6 +21,10 @@ PyTree = Any
 # Folded into the round key for the aggregation's keys; the clients' keys
 # fold in client ids, which are below 2^31.
 _AGGREGATION_STREAM = 0x7fffffff
+_ATTACK_STREAM = 0x7ffffffe
+# Client metrics averaged uniformly over the clients whose messages arrived,
+# not weighted by the aggregation weight.
+_PER_CLIENT_METRICS = ('bytes_up',)
 
 
 class RoundInputs(NamedTuple):
@@ -48,15 +54,27 @@ class CompiledRound:
 
   `num_traces` counts how often the round was traced: once per local-step
   bucket a run meets (`SimulationConfig.size_buckets`).
+
+  Under an `attack`, a seeded share of each cohort's real clients is
+  Byzantine: label flipping poisons their local batches; the other attacks
+  replace their messages as the server receives them (after any uplink
+  compression) before aggregation. The metric `byzantine_clients` counts
+  them.
   """
 
   def __init__(self, algorithm: Algorithm, *, unroll: bool,
                skip_empty_steps: bool, client_chunk: int | None = None,
                augment: local_training.AugmentFn | None = None,
-               aggregator: aggregation.Aggregator | None = None):
+               aggregator: aggregation.Aggregator | None = None,
+               attack: attacks.Attack | None = None,
+               num_classes: int | None = None):
+    if attack is not None and attack.name == 'label_flip' and not num_classes:
+      raise ValueError('Label flipping needs the number of classes.')
     self.num_traces = 0
     self._algorithm = algorithm
     self._aggregator = aggregator or aggregation.Aggregator(None, None)
+    self._attack = attack
+    self._num_classes = num_classes
     self._client_update = functools.partial(
         local_training.client_update, algorithm, unroll=unroll,
         skip_empty_steps=skip_empty_steps, augment=augment)
@@ -71,20 +89,36 @@ class CompiledRound:
   def _round(self, server_state, cohort_state, aggregator_state, train_x,
              train_y, inputs: RoundInputs, round_key):
     self.num_traces += 1
+    attack = self._attack
+    is_real = inputs.is_real > 0
+    byzantine = jnp.zeros(is_real.shape, bool)
+    attack_key = jax.random.fold_in(round_key, _ATTACK_STREAM)
+    if attack is not None:
+      byzantine = attacks.byzantine_mask(
+          jax.random.fold_in(attack_key, 0), is_real, attack.fraction)
+    flips_labels = attack is not None and attack.name == 'label_flip'
 
     def one_client(args):
-      client_state, client_id, indices, mask = args
+      client_state, client_id, indices, mask, poisoned = args
       rng = jax.random.fold_in(round_key, client_id)
+      relabel = None
+      if flips_labels:
+        relabel = lambda y: jnp.where(
+            poisoned, attacks.flip_labels(y, self._num_classes), y)
       return self._client_update(server_state, client_state, indices, mask,
-                                 rng, train_x, train_y)
+                                 rng, train_x, train_y, relabel=relabel)
 
     outputs, infos, train_metrics = placement.map_clients(
         one_client,
-        (cohort_state, inputs.client_ids, inputs.indices, inputs.mask),
-        chunk_size=self._client_chunk)
+        (cohort_state, inputs.client_ids, inputs.indices, inputs.mask,
+         byzantine), chunk_size=self._client_chunk)
+    messages = outputs.message
+    if attack is not None and not flips_labels:
+      messages = _attacked(messages, byzantine, is_real,
+                           jax.random.fold_in(attack_key, 1), attack)
     weights = outputs.weight * inputs.is_real
     aggregated = self._aggregator(
-        aggregator_state, outputs.message, weights, inputs.client_ids,
+        aggregator_state, messages, weights, inputs.client_ids,
         inputs.is_real, inputs.secagg,
         jax.random.fold_in(round_key, _AGGREGATION_STREAM))
     arrived = aggregated.arrived.astype(jnp.float32)
@@ -101,11 +135,44 @@ class CompiledRound:
 
     examples = infos.num_examples * inputs.is_real
     train_means = placement.reduce_weighted_mean(train_metrics, examples)
+    client_metrics = dict(outputs.metrics)
+    per_client = {k: client_metrics.pop(k) for k in _PER_CLIENT_METRICS
+                  if k in client_metrics}
     metrics = {
         **{f'train_{k}': v for k, v in train_means.items()},
-        **placement.reduce_weighted_mean(outputs.metrics, weights * arrived),
+        **placement.reduce_weighted_mean(client_metrics, weights * arrived),
+        **placement.reduce_weighted_mean(per_client,
+                                         inputs.is_real * arrived),
         **server_metrics,
         **aggregated.metrics,
         'num_examples': jnp.sum(examples),
     }
+    if attack is not None:
+      metrics['byzantine_clients'] = jnp.sum(byzantine.astype(jnp.float32))
     return server_state, client_state, aggregated.state, metrics
+
+
+def _attacked(messages, byzantine, is_real, key, attack):
+  """The cohort's messages with the Byzantine clients' replaced."""
+  flat = jax.vmap(lambda m: ravel_pytree(m)[0])(messages)
+  _, unravel = ravel_pytree(jax.tree.map(lambda x: x[0], messages))
+  flat = attacks.apply_model_attack(
+      attack.name, flat, byzantine, is_real, key, scale=attack.scale,
+      stddev=attack.stddev, alie_z=attack.alie_z,
+      ipm_epsilon=attack.ipm_epsilon)
+  return jax.vmap(unravel)(flat)
+
+
+def message_template(algorithm: Algorithm, server_state, client_state,
+                     train_x, train_y) -> PyTree:
+  """The shapes and dtypes of one client's message
+  (`jax.ShapeDtypeStruct`s), found by tracing one client without running
+  it; `client_state` is one client's (unstacked) state."""
+  def one_step_client(server_state, client_state):
+    indices = jnp.zeros((1, 1), jnp.int32)
+    output, _, _ = local_training.client_update(
+        algorithm, server_state, client_state, indices,
+        jnp.ones((1, 1), jnp.float32), jax.random.key(0), train_x, train_y,
+        unroll=False, skip_empty_steps=False)
+    return output.message
+  return jax.eval_shape(one_step_client, server_state, client_state)

@@ -20,6 +20,7 @@ import numpy as np
 import tqdm
 
 from fedjax_core import aggregation
+from fedjax_core import attacks
 from fedjax_core import augmentation
 from fedjax_core import batching
 from fedjax_core import placement
@@ -28,6 +29,7 @@ from fedjax_core import rounds
 from fedjax_core import sampling
 from fedjax_core import secagg_protocol
 from fedjax_core import secure_aggregation
+from fedjax_core import uplink as uplink_lib
 from fedjax_core.algorithm import Algorithm
 from fedjax_core.checkpointing import Checkpointer
 from fedjax_core.data import FederatedDataset
@@ -90,6 +92,11 @@ class SimulationConfig:
     sample_dp: how to account the clients' DP-SGD, if the algorithm runs it
       (`algorithms.fedavg(..., dp_sgd=...)`); reported as `sample_epsilon`
       on evaluated rounds.
+    robust: a Byzantine-robust aggregation rule instead of the mean; None:
+      the mean (or secure aggregation).
+    attack: Byzantine clients and their attack; None: all honest.
+    uplink: compression of the clients' messages; None sends them as
+      float32. MoNNA's client momentum is added by `robust`.
   """
 
   num_rounds: int
@@ -111,6 +118,9 @@ class SimulationConfig:
   secure_aggregation: aggregation.SecureAggregation | None = None
   client_dp: privacy.ClientDPSettings | None = None
   sample_dp: privacy.SampleDPSettings | None = None
+  robust: aggregation.RobustAggregation | None = None
+  attack: attacks.Attack | None = None
+  uplink: uplink_lib.Uplink | None = None
 
   def validate(self, num_clients: int) -> None:
     """Raises ValueError naming the first bad setting and its fix."""
@@ -139,6 +149,13 @@ class SimulationConfig:
     if self.client_chunk is not None and self.client_chunk < 1:
       raise ValueError(
           f'--client_chunk must be positive, got {self.client_chunk}.')
+    if self.robust is not None:
+      self.robust.check_cohort(self.clients_per_round)
+    compressed = self.uplink is not None and self.uplink.compressor != 'none'
+    if compressed and self.secure_aggregation is not None:
+      raise ValueError('--compressor does not combine with '
+                       '--aggregator=secure, which sums dense fixed-point '
+                       'words; drop one of them.')
 
 
 def resolve_local_loop(local_loop: str, apply_fn, params,
@@ -207,10 +224,22 @@ class Simulation:
     self.server_state = jax.device_put(
         jax.tree.map(jnp.copy, algorithm.server_init(params, server_key)),
         replicated)
-    self.store = ClientStateStore.replicate(
-        algorithm.client_state_init(params), dataset.num_clients)
     self._train_x = jax.device_put(dataset.train_x, replicated)
     self._train_y = jax.device_put(dataset.train_y, replicated)
+    template = rounds.message_template(
+        algorithm, self.server_state, algorithm.client_state_init(params),
+        self._train_x, self._train_y)
+    # One client's message in float32: bytes_up without compression.
+    self.message_bytes = 4 * sum(x.size for x in jax.tree.leaves(template))
+    # The server broadcasts the model in float32.
+    self.bytes_down = 4 * sum(
+        np.size(x) for x in jax.tree.leaves(algorithm.server_params(
+            self.server_state)))
+    uplink = self._uplink_settings()
+    if uplink is not None:
+      algorithm = uplink_lib.with_uplink(algorithm, uplink, template)
+    self.store = ClientStateStore.replicate(
+        algorithm.client_state_init(params), dataset.num_clients)
     augment = None
     if config.augment:
       if len(dataset.example_shape) != 3:
@@ -248,14 +277,21 @@ class Simulation:
     self._secure = None
     if config.secure_aggregation is not None:
       self._secure = config.secure_aggregation.config(self._cohort_capacity())
-    aggregator = aggregation.Aggregator(self._secure, dp_config)
-    self.aggregator_state = jax.device_put(aggregator.init_state(),
+    robust = config.robust
+    if robust is not None and robust.rule == 'multi_krum' and (
+        robust.num_selected is None):
+      robust = dataclasses.replace(
+          robust, num_selected=config.clients_per_round
+          - robust.num_byzantine)
+    aggregator = aggregation.Aggregator(self._secure, dp_config, robust)
+    self.aggregator_state = jax.device_put(aggregator.init_state(template),
                                            replicated)
     self.round_fn = rounds.CompiledRound(
         algorithm, unroll=self.local_loop == 'unroll',
         skip_empty_steps=config.local_steps is None,
         client_chunk=config.client_chunk, augment=augment,
-        aggregator=aggregator)
+        aggregator=aggregator, attack=config.attack,
+        num_classes=dataset.num_classes)
     self._evaluator = Evaluator(model.apply, dataset.test_x, dataset.test_y,
                                 config.eval_batch_size)
     self._local_evaluator = None
@@ -266,6 +302,19 @@ class Simulation:
     self.completed_rounds = 0
     self._consistent = True  # server state, store and round count agree.
     self.history: list[dict[str, Any]] = []
+
+  def _uplink_settings(self) -> uplink_lib.Uplink | None:
+    """The uplink the clients send through: the configured compression,
+    plus MoNNA's client momentum; None when messages go as they are."""
+    settings = self.config.uplink
+    robust = self.config.robust
+    if robust is not None and robust.rule == 'monna':
+      settings = dataclasses.replace(settings or uplink_lib.Uplink(),
+                                     momentum=robust.momentum)
+    if settings is None or (settings.compressor == 'none'
+                            and settings.momentum is None):
+      return None
+    return settings
 
   def evaluate(self) -> dict[str, float]:
     """Metrics of the current global model on held-out data.
@@ -372,7 +421,12 @@ class Simulation:
     self.completed_rounds += 1
     self._consistent = True
     wall_s = time.perf_counter() - start
-    record = {'round': self.completed_rounds, **metrics, 'wall_s': wall_s,
+    metrics.setdefault('bytes_up', float(self.message_bytes))
+    record = {'round': self.completed_rounds, **metrics,
+              'bytes_down': float(self.bytes_down),
+              'compression_ratio': self.message_bytes / metrics['bytes_up']
+              if metrics['bytes_up'] > 0 else float('inf'),
+              'wall_s': wall_s,
               'examples_per_s': metrics['num_examples'] / wall_s,
               'local_steps': inputs.mask.shape[1],
               'padding_fraction': padding_fraction}
