@@ -23,6 +23,8 @@ from absl import logging
 
 import algorithms
 from fedjax_core import aggregation
+from fedjax_core import attacks
+from fedjax_core import compression
 from fedjax_core import datasets
 from fedjax_core import dp_sgd
 from fedjax_core import optimizers
@@ -32,6 +34,7 @@ from fedjax_core import placement
 from fedjax_core import privacy
 from fedjax_core import privacy_accounting
 from fedjax_core import simulation
+from fedjax_core import uplink
 import models
 
 _ALGORITHM = flags.DEFINE_list(
@@ -145,7 +148,64 @@ _AGGREGATOR = flags.DEFINE_enum(
     'aggregator', 'mean', aggregation.AGGREGATORS,
     'mean: the weighted mean in the clear; secure: secure aggregation '
     '(Bonawitz et al. 2017): fixed-point words in Z_(2^bits), pairwise and '
-    'self masks, dropped clients\' masks recovered from Shamir shares.')
+    'self masks, dropped clients\' masks recovered from Shamir shares. '
+    'Byzantine-robust: median and trimmed_mean (coordinate-wise), krum and '
+    'multi_krum (Blanchard et al. 2017), geometric_median (RFA, Pillutla et '
+    'al.), centered_clip (Karimireddy et al. 2021), monna (client momentum '
+    'and nearest-neighbour averaging, Farhadkhani et al. 2023).')
+_ROBUST_F = flags.DEFINE_integer(
+    'robust_f', None, 'Robust aggregation: Byzantine clients per round the '
+    'rule tolerates (trimmed each side, Krum\'s f, mixing neighbours n - f); '
+    'default: the attack\'s Byzantine count per round, at least 1.')
+_NNM = flags.DEFINE_bool(
+    'nnm', False, 'Nearest-neighbour mixing (Allouah et al. 2023) before the '
+    'aggregation rule: each update becomes the mean of its n - f nearest.')
+_KRUM_SELECTED = flags.DEFINE_integer(
+    'krum_selected', None, 'multi_krum: clients averaged (default n - f).')
+_RFA_ITERS = flags.DEFINE_integer(
+    'rfa_iters', 3, 'geometric_median: smoothed Weiszfeld iterations.')
+_RFA_SMOOTHING = flags.DEFINE_float(
+    'rfa_smoothing', 1e-6, 'geometric_median: smoothing nu.')
+_CC_RADIUS = flags.DEFINE_float(
+    'cc_radius', 1.0, 'centered_clip: clipping radius tau around the '
+    'previous round\'s aggregate.')
+_CC_ITERS = flags.DEFINE_integer('cc_iters', 1,
+                                 'centered_clip: clipping iterations.')
+_MONNA_MOMENTUM = flags.DEFINE_float(
+    'monna_momentum', 0.9, 'monna: the clients\' momentum beta.')
+_ATTACK = flags.DEFINE_enum(
+    'attack', 'none', attacks.ATTACKS,
+    'Byzantine attack of --byzantine_fraction of each cohort: sign_flip, '
+    'gaussian noise, label_flip (data poisoning), alie (A Little Is Enough, '
+    'Baruch et al. 2019), ipm (Inner Product Manipulation, Xie et al. 2020).')
+_BYZANTINE_FRACTION = flags.DEFINE_float(
+    'byzantine_fraction', 0.2, 'Share of each cohort\'s clients that are '
+    'Byzantine (seeded, redrawn every round).')
+_ATTACK_SCALE = flags.DEFINE_float(
+    'attack_scale', 1.0, 'sign_flip: Byzantine clients send -scale x their '
+    'update.')
+_ATTACK_STDDEV = flags.DEFINE_float(
+    'attack_stddev', 1.0, 'gaussian: std of the noise Byzantine clients '
+    'send.')
+_ALIE_Z = flags.DEFINE_float(
+    'alie_z', None, 'alie: the z of mean - z std (default: the paper\'s '
+    'z_max for the cohort).')
+_IPM_EPSILON = flags.DEFINE_float(
+    'ipm_epsilon', 0.1, 'ipm: Byzantine clients send -epsilon x the honest '
+    'mean.')
+_COMPRESSOR = flags.DEFINE_enum(
+    'compressor', 'none', compression.COMPRESSORS,
+    'Client -> server compression, per layer: topk (with error feedback), '
+    'qsgd (unbiased stochastic quantization, Alistarh et al. 2017), sign '
+    '(scaled sign with error feedback, Karimireddy et al. 2019), fedzip '
+    '(top-z, k-means clustering and entropy coding, Malekijoo et al. 2021).')
+_COMPRESS_FRACTION = flags.DEFINE_float(
+    'compress_fraction', 0.01, 'topk / fedzip: share of each layer\'s '
+    'coordinates sent.')
+_QSGD_LEVELS = flags.DEFINE_integer('qsgd_levels', 16,
+                                    'qsgd: quantization levels s.')
+_FEDZIP_CLUSTERS = flags.DEFINE_integer(
+    'fedzip_clusters', 3, 'fedzip: k-means clusters per layer.')
 _SECAGG_BITS = flags.DEFINE_integer(
     'secagg_bits', 32, 'Secure aggregation: bits b of the modulus 2^b.')
 _SECAGG_CLIP = flags.DEFINE_float(
@@ -208,6 +268,11 @@ _DP_FLAGS = ('dp_noise_multiplier', 'dp_target_epsilon', 'dp_sampling',
              'dp_clip_learning_rate', 'dp_count_stddev')
 _SECAGG_FLAGS = ('secagg_bits', 'secagg_clip', 'secagg_scale',
                  'secagg_dropout_fraction', 'secagg_threshold')
+_ROBUST_FLAGS = ('robust_f', 'krum_selected', 'rfa_iters', 'rfa_smoothing',
+                 'cc_radius', 'cc_iters', 'monna_momentum')
+_ATTACK_FLAGS = ('byzantine_fraction', 'attack_scale', 'attack_stddev',
+                 'alie_z', 'ipm_epsilon')
+_COMPRESSION_FLAGS = ('compress_fraction', 'qsgd_levels', 'fedzip_clusters')
 
 
 def _check_flag_groups() -> None:
@@ -216,7 +281,12 @@ def _check_flag_groups() -> None:
              '--aggregator=secure'),
             (_DP_FLAGS, _DP_CLIP_NORM.value is not None, '--dp_clip_norm'),
             (('dp_sgd_noise_multiplier',), _DP_SGD_CLIP.value is not None,
-             '--dp_sgd_clip_norm'))
+             '--dp_sgd_clip_norm'),
+            (_ROBUST_FLAGS, _robust_rule() is not None,
+             'a robust --aggregator (or --nnm)'),
+            (_ATTACK_FLAGS, _ATTACK.value != 'none', '--attack'),
+            (_COMPRESSION_FLAGS, _COMPRESSOR.value != 'none',
+             '--compressor'))
   for names, enabled, switch in groups:
     for name in names:
       if flags.FLAGS[name].present and not enabled:
@@ -261,6 +331,63 @@ def _privacy_settings() -> dict:
   return settings
 
 
+def _robust_rule() -> str | None:
+  """The robust rule --aggregator and --nnm ask for, or None."""
+  if _AGGREGATOR.value in aggregation.ROBUST_RULES:
+    return _AGGREGATOR.value
+  if _NNM.value:
+    if _AGGREGATOR.value != 'mean':
+      raise ValueError('--nnm mixes individual updates, which '
+                       '--aggregator=secure hides; drop one of them.')
+    return 'mean'
+  return None
+
+
+def _byzantine_settings() -> dict:
+  """The SimulationConfig fields of robust aggregation, attacks and
+  compression."""
+  settings = {}
+  attack = None
+  if _ATTACK.value != 'none':
+    attack = settings['attack'] = attacks.Attack(
+        _ATTACK.value, fraction=_BYZANTINE_FRACTION.value,
+        scale=_ATTACK_SCALE.value, stddev=_ATTACK_STDDEV.value,
+        alie_z=_ALIE_Z.value, ipm_epsilon=_IPM_EPSILON.value)
+  rule = _robust_rule()
+  if rule is not None:
+    f = _ROBUST_F.value
+    if f is None:
+      f = 1 if attack is None else max(
+          1, attack.num_byzantine(_CLIENTS_PER_ROUND.value))
+    settings['robust'] = aggregation.RobustAggregation(
+        rule, num_byzantine=f, nnm=_NNM.value,
+        num_selected=_KRUM_SELECTED.value, rfa_iters=_RFA_ITERS.value,
+        rfa_smoothing=_RFA_SMOOTHING.value, clip_radius=_CC_RADIUS.value,
+        clip_iters=_CC_ITERS.value, momentum=_MONNA_MOMENTUM.value)
+  if _COMPRESSOR.value != 'none':
+    settings['uplink'] = uplink.Uplink(
+        _COMPRESSOR.value, fraction=_COMPRESS_FRACTION.value,
+        levels=_QSGD_LEVELS.value, num_clusters=_FEDZIP_CLUSTERS.value)
+  return settings
+
+
+def _byzantine_line(config: simulation.SimulationConfig) -> str:
+  """One line saying who attacks and which rule defends."""
+  parts = []
+  if config.attack is not None:
+    count = config.attack.num_byzantine(config.clients_per_round)
+    parts.append(f'{count} of {config.clients_per_round} clients a round '
+                 f'attack by {config.attack.name}')
+  robust = config.robust
+  if robust is not None:
+    mixing = ' after nearest-neighbour mixing' if robust.nnm else ''
+    parts.append(f'aggregation by {robust.rule}{mixing} tolerating f='
+                 f'{robust.num_byzantine}')
+  else:
+    parts.append('aggregation by the plain mean')
+  return '; '.join(parts)
+
+
 def _dp_sgd() -> dp_sgd.DPSGDConfig | None:
   if _DP_SGD_CLIP.value is None:
     return None
@@ -301,7 +428,8 @@ def _run_one(name: str, dataset, model, workdir: str) -> dict:
       workdir=workdir, local_loop=_LOCAL_LOOP.value,
       client_chunk=_CLIENT_CHUNK.value, progress=_PROGRESS.value,
       participation=_participation(), size_buckets=_SIZE_BUCKETS.value,
-      augment=_AUGMENT.value, **_privacy_settings())
+      augment=_AUGMENT.value, **_privacy_settings(),
+      **_byzantine_settings())
   sim = simulation.Simulation(algorithm, model, dataset, config)
   buckets = ', '.join(str(b) for b in sim.step_buckets)
   print(f'{name}: local steps of batch {config.batch_size} padded to '
@@ -312,6 +440,8 @@ def _run_one(name: str, dataset, model, workdir: str) -> dict:
           f'{sim.final_round} rounds spend epsilon '
           f'{sim.privacy.epsilon(sim.final_round):.4g} at delta '
           f'{_DP_DELTA.value:g}')
+  if config.robust is not None or config.attack is not None:
+    print(f'{name}: {_byzantine_line(config)}')
   summary = sim.run()
   if 'stopped_by_privacy_budget' in summary:
     print(f'{name}: {summary["stopped_by_privacy_budget"]}')

@@ -83,6 +83,21 @@ def test_compares_algorithms_and_resumes(tmp_path):
     ('--aggregator=secure --secagg_dropout_fraction=0.7',
      'Lower --secagg_dropout_fraction'),
     ('--algorithm=scaffold --dp_sgd_clip_norm=1', 'FedAvg family'),
+    ('--aggregator=krum', 'needs at least 5 clients a round, got 3'),
+    ('--aggregator=median --aggregator=secure --nnm', '--nnm mixes'),
+    ('--aggregator=median --dp_clip_norm=1 --dp_noise_multiplier=1',
+     'does not combine with secure aggregation or client-level DP'),
+    ('--cc_radius=2', '--cc_radius has no effect without a robust'),
+    ('--byzantine_fraction=0.3', '--byzantine_fraction has no effect '
+     'without --attack'),
+    ('--attack=sign_flip --byzantine_fraction=1', '--byzantine_fraction '
+     'must be in [0, 1)'),
+    ('--attack=worm', 'value should be one of'),
+    ('--qsgd_levels=4', '--qsgd_levels has no effect without --compressor'),
+    ('--compressor=topk --compress_fraction=0', '--compress_fraction must '
+     'be in (0, 1]'),
+    ('--compressor=sign --aggregator=secure', 'does not combine with '
+     '--aggregator=secure'),
 ])
 def test_bad_input_is_a_clear_error(tmp_path, flag, message):
   result = _train(*SMALL, *flag.split(), f'--workdir={tmp_path}',
@@ -178,3 +193,20 @@ def test_dp_fedavg_over_secure_aggregation_reports_epsilon(tmp_path):
   assert all('secagg_clipped_fraction' in r for r in records)
   table = result.stdout[result.stdout.index('algorithm'):]
   assert 'epsilon' in table and f'{epsilons[-1]:.3g}' in table
+
+
+def test_robust_aggregation_under_attack_with_compression(tmp_path):
+  result = _train(*SMALL, '--algorithm=fedavg', '--clients_per_round=5',
+                  '--aggregator=multi_krum', '--nnm', '--attack=alie',
+                  '--compressor=qsgd', '--qsgd_levels=4',
+                  f'--workdir={tmp_path}')
+  assert result.returncode == 0, result.stderr
+  with open(tmp_path / 'metrics.jsonl') as f:
+    records = [json.loads(line) for line in f]
+  assert [r['byzantine_clients'] for r in records] == [1, 1, 1]
+  # logreg on digits: 64 x 10 + 10 parameters; QSGD with 4 levels sends a
+  # float32 norm per layer and 1 + 3 bits per coordinate.
+  assert all(r['bytes_down'] == 4 * 650 for r in records)
+  assert all(r['bytes_up'] == 4 + 640 * 4 / 8 + 4 + 10 * 4 / 8
+             for r in records)
+  assert all(0 <= r['test_accuracy'] <= 1 for r in records)
