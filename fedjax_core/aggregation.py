@@ -26,7 +26,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 
 from fedjax_core import dp
 from fedjax_core import placement
@@ -277,8 +276,7 @@ class Aggregator:
   def _robust(self, state, messages, weights):
     """The robust rule over the flattened messages (`weights` 0 for
     absent clients); returns the estimate and the new state."""
-    flat = jax.vmap(lambda m: ravel_pytree(m)[0])(messages)
-    _, unravel = ravel_pytree(jax.tree.map(lambda x: x[0], messages))
+    flat, unravel = placement.flatten_clients(messages)
     robust = self.robust
     f = robust.num_byzantine
     if robust.nnm or robust.rule == 'monna':
@@ -314,8 +312,7 @@ class Aggregator:
     The scalars in [0, 1] travel as `clip * value`, inside the encoding's
     clipping range whatever the clip.
     """
-    flat = jax.vmap(lambda m: ravel_pytree(m)[0])(messages)
-    _, unravel = ravel_pytree(jax.tree.map(lambda x: x[0], messages))
+    flat, unravel = placement.flatten_clients(messages)
     w_max = jnp.max(weights)
     relative = weights / jnp.where(w_max > 0, w_max, 1.0)
     scalars = jnp.stack([relative] + extra, axis=1) * self.secure.clip

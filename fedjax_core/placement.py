@@ -14,6 +14,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 PyTree = Any
@@ -110,3 +111,11 @@ def reduce_weighted_sum(tree: PyTree, weights: jax.Array) -> PyTree:
     return _contract_clients(weights, jnp.where(counted, x, 0))
 
   return jax.tree.map(weighted_sum, tree)
+
+
+def flatten_clients(tree: PyTree) -> tuple[jax.Array, Callable]:
+  """`[cohort, d]`: each client's leaves raveled into one vector, and the
+  function that turns one such `[d]` vector back into a client's tree."""
+  flat = jax.vmap(lambda t: ravel_pytree(t)[0])(tree)
+  _, unravel = ravel_pytree(jax.tree.map(lambda x: x[0], tree))
+  return flat, unravel

@@ -8,7 +8,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 
 from fedjax_core import aggregation
 from fedjax_core import attacks
@@ -154,8 +153,7 @@ class CompiledRound:
 
 def _attacked(messages, byzantine, is_real, key, attack):
   """The cohort's messages with the Byzantine clients' replaced."""
-  flat = jax.vmap(lambda m: ravel_pytree(m)[0])(messages)
-  _, unravel = ravel_pytree(jax.tree.map(lambda x: x[0], messages))
+  flat, unravel = placement.flatten_clients(messages)
   flat = attacks.apply_model_attack(
       attack.name, flat, byzantine, is_real, key, scale=attack.scale,
       stddev=attack.stddev, alie_z=attack.alie_z,
