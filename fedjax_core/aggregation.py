@@ -92,13 +92,15 @@ class RobustAggregation:
   geometric median, centered clipping, Multi-Krum's average of the selected
   and the mean after mixing; trimmed mean, Krum's scores, nearest-neighbour
   mixing and MoNNA count clients, not weight (a Byzantine client reports its
-  own weight). Absent clients (padding, weight 0) count nowhere.
+  own weight). Absent clients (padding, weight 0) count nowhere. MoNNA
+  (Farhadkhani et al. 2023) is client momentum (`fedjax_core.uplink`) plus
+  the average of the n - f messages nearest the previous round's
+  aggregate.
 
   Attributes:
     rule: one of `ROBUST_RULES`, or 'mean' with `nnm`.
     num_byzantine: f, the Byzantine clients per round the rule tolerates.
-    nnm: nearest-neighbour mixing before the rule (Allouah et al. 2023);
-      MoNNA always mixes.
+    nnm: nearest-neighbour mixing before the rule (Allouah et al. 2023).
     num_selected: Multi-Krum's m; None: the cohort size minus f.
     rfa_iters: smoothed Weiszfeld iterations of the geometric median.
     rfa_smoothing: its smoothing nu.
@@ -193,10 +195,12 @@ class Aggregator:
                  ) -> dict[str, jax.Array]:
     """`{'clip_norm': C}` under adaptive clipping; `{'center': zeros}`, the
     size of one flattened message (`message_template`, arrays or
-    `jax.ShapeDtypeStruct`s), under centered clipping; else empty."""
+    `jax.ShapeDtypeStruct`s), under centered clipping and MoNNA (the
+    previous round's aggregate); else empty."""
     if self.dp is not None and self.dp.adaptive:
       return {'clip_norm': jnp.float32(self.dp.clip_norm)}
-    if self.robust is not None and self.robust.rule == 'centered_clip':
+    if self.robust is not None and self.robust.rule in ('centered_clip',
+                                                          'monna'):
       size = sum(x.size for x in jax.tree.leaves(message_template))
       return {'center': jnp.zeros((size,), jnp.float32)}
     return {}
@@ -279,13 +283,15 @@ class Aggregator:
     flat, unravel = placement.flatten_clients(messages)
     robust = self.robust
     f = robust.num_byzantine
-    if robust.nnm or robust.rule == 'monna':
+    if robust.nnm:
       flat = robust_aggregation.nearest_neighbor_mixing(flat, weights, f)
     new_state = dict(state)
-    if robust.rule in ('mean', 'monna'):
-      if robust.rule == 'monna':  # MoNNA averages clients uniformly.
-        weights = (weights > 0).astype(jnp.float32)
+    if robust.rule == 'mean':
       estimate = placement.reduce_weighted_mean(flat, weights)
+    elif robust.rule == 'monna':
+      estimate = robust_aggregation.nearest_neighbor_average(
+          flat, weights, state['center'], f)
+      new_state['center'] = estimate
     elif robust.rule == 'median':
       estimate = robust_aggregation.coordinate_median(flat, weights)
     elif robust.rule == 'trimmed_mean':

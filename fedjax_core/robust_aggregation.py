@@ -21,9 +21,13 @@ returns zeros (`centered_clip` returns its center) and none produces NaN.
   History for Byzantine Robust Optimization").
 - Nearest-neighbour mixing, NNM (Allouah, Farhadkhani, Guerraoui, Gupta,
   Pinot and Stephan, AISTATS 2023, "Fixing by Mixing: A Recipe for Optimal
-  Byzantine ML under Heterogeneity"), a pre-aggregation step; MoNNA
-  (Farhadkhani, Guerraoui, Gupta, Pinot and Stephan, 2023) uses the same
-  nearest-neighbour averaging.
+  Byzantine ML under Heterogeneity"), a pre-aggregation step.
+- Nearest-neighbour averaging around a reference, the aggregation step of
+  MoNNA (Farhadkhani, Guerraoui, Gupta, Hoang, Pinot and Stephan, ICML
+  2023, "Robust Collaborative Learning with Linear Gradient Overhead"):
+  there each honest node averages the n - f vectors nearest its own; the
+  server, which has no vector of its own, centres on its previous
+  aggregate.
 
 Pairwise distances use the Gram form |a|^2 + |b|^2 - 2 a.b (one n x n
 matmul, so d ~ 1e5 with n ~ 100 is cheap). All functions are pure and
@@ -280,6 +284,41 @@ def nearest_neighbor_mixing(updates: jax.Array, weights: jax.Array,
   mixing = (rank < num_neighbours) & present[:, None]
   return jnp.matmul(mixing.astype(x.dtype), x,
                     precision=lax.Precision.HIGHEST) / num_neighbours
+
+
+def nearest_neighbor_average(updates: jax.Array, weights: jax.Array,
+                             center: jax.Array,
+                             num_byzantine: int) -> jax.Array:
+  """MoNNA's averaging: the mean of the m - f present messages nearest to
+  `center` (at least one; ties go to the lower index), unweighted as in
+  Farhadkhani et al. 2023.
+
+  Args:
+    updates: `[n, d]` the clients' messages.
+    weights: `[n]` the clients' weights, 0 for absent clients.
+    center: `[d]` the reference the neighbours are nearest to.
+    num_byzantine: f, the number of Byzantine clients tolerated (static).
+
+  Returns:
+    `[d]` the average; zeros when no client is present.
+
+  Examples:
+    >>> nearest_neighbor_average(jnp.array([[0.0], [1.0], [9.0]]),
+    ...                          jnp.ones(3), jnp.array([0.5]),
+    ...                          num_byzantine=1).tolist()
+    [0.5]
+  """
+  if num_byzantine < 0:
+    raise ValueError(f'num_byzantine must be >= 0, got {num_byzantine}.')
+  present, x, _ = _masked(updates, weights)
+  distances = jnp.sum((x - center) ** 2, axis=1)
+  distances = jnp.where(present, jnp.nan_to_num(
+      distances, nan=_FLOAT32_MAX, posinf=_FLOAT32_MAX), jnp.inf)
+  rank = jnp.argsort(jnp.argsort(distances))
+  num_neighbours = jnp.maximum(jnp.sum(present) - num_byzantine, 1)
+  # Absent clients rank last (and are zeros when m = 0 picks one).
+  chosen = (rank < num_neighbours).astype(x.dtype)
+  return _weighted_mean(chosen, x)
 
 
 def _masked(updates: jax.Array, weights: jax.Array

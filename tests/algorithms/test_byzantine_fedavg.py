@@ -76,14 +76,6 @@ def _matching_attackers(sim, next_x):
           if np.allclose(engine, next_x(x, b), rtol=1e-5, atol=1e-6)]
 
 
-def _nearest_mean(vectors, f):
-  """Nearest-neighbour mixing: each vector -> mean of its n - f nearest."""
-  vectors = np.asarray(vectors)
-  dist = ((vectors[:, None] - vectors[None]) ** 2).sum(-1)
-  return np.stack([vectors[np.argsort(row, kind='stable')[:len(vectors) - f]]
-                   .mean(0) for row in dist])
-
-
 def _robust_next_x(rule, attack):
   """x -> the numpy rule's next model when client b is the attacker."""
   def next_x(x, b):
@@ -158,13 +150,13 @@ def test_alie_uses_only_the_attackers_own_updates():
 
 def test_monna_sends_client_momentum_and_averages_nearest_neighbours():
   """MoNNA: m_i <- beta m_i + (1 - beta) delta_i (m_i = delta_i the first
-  time), then each m_i is replaced by the mean of its n - f nearest and the
-  server averages them. Clients 0-4, 4 a round, so some rounds meet a
+  time); the server averages the n - f momenta nearest its previous
+  aggregate (0 in round 1). Clients 0-4, 4 a round, so some rounds meet a
   client's momentum for the first time and some do not."""
   beta, f = 0.5, 1
   sim = _simulation(clients_per_round=4, robust=aggregation.RobustAggregation(
       'monna', num_byzantine=f, momentum=beta))
-  x = _params(sim)
+  x, center = _params(sim), np.zeros(8)
   momentum = {}
   for t in range(3):
     sent = []
@@ -173,7 +165,10 @@ def test_monna_sends_client_momentum_and_averages_nearest_neighbours():
       momentum[i] = d if i not in momentum else beta * momentum[i] + (
           1 - beta) * d
       sent.append(momentum[i])
-    x = x + _nearest_mean(sent, f).mean(0)
+    sent = np.stack(sent)
+    nearest = np.argsort(((sent - center) ** 2).sum(1))[:4 - f]
+    center = sent[nearest].mean(0)
+    x = x + center
     sim.run_round()
     np.testing.assert_allclose(_params(sim), x, rtol=1e-5, atol=1e-6)
   assert len(momentum) == NUM_CLIENTS  # Every client met, some twice.

@@ -8,6 +8,7 @@ import pytest
 
 from fedjax_core import aggregation
 from fedjax_core import dp
+from fedjax_core import placement
 from fedjax_core import secagg_protocol
 
 IDS = jnp.array([4, 9, 2, 0], jnp.int32)
@@ -166,21 +167,45 @@ def _tree_flat(message):
   return np.concatenate([np.ravel(message['w']), np.ravel(message['b'])])
 
 
-@pytest.mark.parametrize('rule', ['monna', 'mean'])
-def test_mixing_then_mean_weights_only_the_plain_mean(rule):
-  """MoNNA averages the mixed updates uniformly; --nnm with the mean keeps
-  the algorithm's weights. The padding client's NaN stays out."""
+def test_mixing_then_the_mean_keeps_the_algorithms_weights():
+  """--nnm with the mean; the padding client's NaN stays out."""
   messages = _messages()
   # Clients 0 and 1 are each other's nearest, so they mix to one vector;
   # weights 1, 1, 4 then tell the weighted mean from the uniform one.
   weights = np.array([1.0, 1.0, 4.0, 0.0], np.float32)
-  robust = aggregation.RobustAggregation(rule, num_byzantine=1, nnm=True)
+  robust = aggregation.RobustAggregation('mean', num_byzantine=1, nnm=True)
   out = _call(aggregation.Aggregator(None, None, robust), messages, weights)
   mixed = _nearest_mean(np.stack([_flat(messages, i) for i in range(3)]), 1)
-  w = np.ones(3) if rule == 'monna' else weights[:3]
   np.testing.assert_allclose(_tree_flat(out.message),
-                             (w[:, None] * mixed).sum(0) / w.sum(),
+                             (weights[:3, None] * mixed).sum(0) / 6,
                              rtol=1e-5, atol=1e-6)
+
+
+def test_monna_averages_the_messages_nearest_its_previous_aggregate():
+  """The m - f = 2 real clients nearest the state's center are averaged
+  uniformly, and the average becomes the next center: from 0, and from a
+  center at client 2 (which must then be picked)."""
+  messages = _messages()
+  weights = np.array([1.0, 1.0, 4.0, 0.0], np.float32)
+  robust = aggregation.RobustAggregation('monna', num_byzantine=1)
+  aggregator = aggregation.Aggregator(None, None, robust)
+  state = aggregator.init_state(jax.tree.map(lambda x: x[0], messages))
+  flat, _ = placement.flatten_clients(jax.tree.map(jnp.asarray, messages))
+  vectors = np.stack([_flat(messages, i) for i in range(3)])
+  picked = []
+  for center, state_center in ((np.zeros(8), state['center']),
+                               (vectors[2], flat[2])):
+    out = _call(aggregator, messages, weights,
+                state={'center': state_center})
+    nearest = np.argsort(((vectors - center) ** 2).sum(1))[:2]
+    picked.append(sorted(nearest))
+    np.testing.assert_allclose(_tree_flat(out.message),
+                               vectors[nearest].mean(0), rtol=1e-5,
+                               atol=1e-6)
+    next_center, _ = placement.flatten_clients(
+        jax.tree.map(lambda x: x[None], out.message))
+    np.testing.assert_array_equal(out.state['center'], next_center[0])
+  assert picked[0] != picked[1]
 
 
 def test_median_rule_through_the_aggregator_keeps_the_tree():

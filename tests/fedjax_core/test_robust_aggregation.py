@@ -16,6 +16,7 @@ multi_krum = jax.jit(ra.multi_krum,
 geometric_median = jax.jit(ra.geometric_median, static_argnames='num_iters')
 centered_clip = jax.jit(ra.centered_clip, static_argnames='num_iters')
 nnm = jax.jit(ra.nearest_neighbor_mixing, static_argnames='num_byzantine')
+nna = jax.jit(ra.nearest_neighbor_average, static_argnames='num_byzantine')
 
 
 def _cohort(num_clients=7, dim=5, seed=0):
@@ -350,6 +351,23 @@ def test_nnm_against_a_numpy_loop(num_byzantine):
                              rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('num_byzantine', [0, 2, 6])
+def test_nearest_neighbor_average_against_numpy(num_byzantine):
+  """The plain mean of the m - f present clients nearest the center (at
+  least one); absent clients, far or right at the center, are never
+  picked."""
+  updates, weights = _cohort(6, dim=3, seed=11)
+  updates[4] += 20.0
+  center = updates[0] + 0.1
+  all_updates, all_weights = _scattered(
+      np.concatenate([updates, center[None]]),
+      np.concatenate([weights, [0.0]]).astype(np.float32))
+  got = nna(all_updates, all_weights, jnp.asarray(center), num_byzantine)
+  order = np.argsort(((updates - center) ** 2).sum(1))
+  want = updates[order[:max(6 - num_byzantine, 1)]].mean(0)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_no_client_present_gives_zeros_and_no_nan():
   updates = jnp.array([[1e30, np.nan], [np.inf, -1.0], [2.0, 3.0]])
   weights = jnp.zeros(3)
@@ -357,7 +375,8 @@ def test_no_client_present_gives_zeros_and_no_nan():
               trimmed_mean(updates, weights, 1),
               multi_krum(updates, weights, 1, 2),
               geometric_median(updates, weights),
-              nnm(updates, weights, 1)):
+              nnm(updates, weights, 1),
+              nna(updates, weights, jnp.zeros(2), 1)):
     np.testing.assert_array_equal(got, 0.0)
   np.testing.assert_array_equal(krum_scores(updates, weights, 1), np.inf)
   # Centered clipping has nothing to move toward: the center comes back.
@@ -374,7 +393,8 @@ def test_one_present_client_is_returned_by_every_rule():
               multi_krum(updates, weights, 1, 2),
               geometric_median(updates, weights),
               centered_clip(updates, weights, jnp.zeros(2), 100.0),
-              nnm(updates, weights, 1)[1]):
+              nnm(updates, weights, 1)[1],
+              nna(updates, weights, jnp.zeros(2), 1)):
     np.testing.assert_allclose(got, [4.0, -3.0], rtol=1e-6)
   np.testing.assert_array_equal(krum_scores(updates, weights, 1),
                                 [np.inf, 0.0, np.inf])
