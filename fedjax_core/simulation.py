@@ -229,7 +229,7 @@ class Simulation:
     template = rounds.message_template(
         algorithm, self.server_state, algorithm.client_state_init(params),
         self._train_x, self._train_y)
-    # One client's message in float32: bytes_up without compression.
+    # One client's message in float32.
     self.message_bytes = 4 * sum(x.size for x in jax.tree.leaves(template))
     # The server broadcasts the model in float32.
     self.bytes_down = 4 * sum(
@@ -284,6 +284,14 @@ class Simulation:
           robust, num_selected=config.clients_per_round
           - robust.num_byzantine)
     aggregator = aggregation.Aggregator(self._secure, dp_config, robust)
+    # A client's upload without compression: the float32 message, or under
+    # secure aggregation its masked words with the weight's (and adaptive
+    # clipping's flag's) word.
+    self._plain_bytes_up = self.message_bytes
+    if self._secure is not None:
+      adaptive = dp_config is not None and dp_config.adaptive
+      words = self.message_bytes // 4 + 1 + int(adaptive)
+      self._plain_bytes_up = math.ceil(words * self._secure.bits / 8)
     self.aggregator_state = jax.device_put(aggregator.init_state(template),
                                            replicated)
     self.round_fn = rounds.CompiledRound(
@@ -421,7 +429,7 @@ class Simulation:
     self.completed_rounds += 1
     self._consistent = True
     wall_s = time.perf_counter() - start
-    metrics.setdefault('bytes_up', float(self.message_bytes))
+    metrics.setdefault('bytes_up', float(self._plain_bytes_up))
     record = {'round': self.completed_rounds, **metrics,
               'bytes_down': float(self.bytes_down),
               'compression_ratio': self.message_bytes / metrics['bytes_up']

@@ -233,6 +233,14 @@ def test_uncompressed_bytes_are_the_float32_message():
   assert 'byzantine_clients' not in record
 
 
+def test_secure_aggregation_uploads_its_masked_words():
+  """8 message words and the weight's word of 16 bits each."""
+  record = _simulation(secure_aggregation=aggregation.SecureAggregation(
+      bits=16, clip=1.0)).run_round()
+  assert record['bytes_up'] == (8 + 1) * 16 / 8
+  assert record['compression_ratio'] == 32 / 18
+
+
 def test_compressed_run_resumes_bit_identically(tmp_path):
   settings = uplink.Uplink('sign')
   straight = _simulation(uplink=settings)
