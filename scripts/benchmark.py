@@ -27,6 +27,12 @@ accounting every round), rounds interleaved; it reports each round time as
 a ratio to the plain one (ratio_secure_vs_plain, ...) and the host time of
 the protocol's key agreement and Shamir recovery (secagg_setup_s).
 
+Workload `robustness`: the `mlp` workload's FedAvg aggregated by the plain
+mean, by every robust rule (f = 2 of the 10 clients) and by the mean after
+nearest-neighbour mixing, and with each compressor, rounds interleaved; it
+reports each round time as a ratio to the plain one
+(ratio_median_vs_plain, ratio_topk_vs_plain, ...).
+
 Workload `cohort_assembly`: the host side of a round at growing
 populations (1,000, 10,000 and 100,000 clients, 20 examples each on
 average, quantity skew with lognormal sigma 1). It reports how long the
@@ -41,6 +47,7 @@ Examples:
   python -m scripts.benchmark --workload=fedspeed
   python -m scripts.benchmark --workload=cohort_assembly
   python -m scripts.benchmark --workload=privacy
+  python -m scripts.benchmark --workload=robustness
   python -m scripts.benchmark --workload=mlp --local_loop=scan --json
 """
 
@@ -68,9 +75,10 @@ from fedjax_core import placement
 from fedjax_core import privacy
 from fedjax_core import sampling
 from fedjax_core import simulation
+from fedjax_core import uplink
 import models
 
-WORKLOADS = ('mlp', 'fedspeed', 'privacy', 'cohort_assembly')
+WORKLOADS = ('mlp', 'fedspeed', 'privacy', 'robustness', 'cohort_assembly')
 
 _WORKLOAD = flags.DEFINE_enum('workload', 'mlp', WORKLOADS, 'What to run.')
 _ROUNDS = flags.DEFINE_integer('rounds', 7, 'Timed rounds after warm-up.')
@@ -274,6 +282,35 @@ def benchmark_privacy() -> dict:
   return result
 
 
+def benchmark_robustness() -> dict:
+  """Workload `robustness`: the cost of robust rules and of compression."""
+  x, y = _mlp_data()
+  overrides = {'plain': {}}
+  for rule in aggregation.ROBUST_RULES:
+    overrides[rule] = {'robust': aggregation.RobustAggregation(
+        rule, num_byzantine=2)}
+  overrides['nnm'] = {'robust': aggregation.RobustAggregation(
+      'mean', num_byzantine=2, nnm=True)}
+  for name in ('topk', 'qsgd', 'sign', 'fedzip'):
+    overrides[name] = {'uplink': uplink.Uplink(name)}
+  runs = {name: _mlp_simulation(x, y, 'fedavg', config_overrides=o)
+          for name, o in overrides.items()}
+  compile_s, medians = _interleaved_medians(runs)
+  result = {'workload': 'robustness', 'backend': jax.default_backend(),
+            'devices': jax.device_count(),
+            'local_loop': runs['plain'].local_loop,
+            's_per_round_plain': medians['plain'],
+            'max_num_traces': max(sim.round_fn.num_traces
+                                  for sim in runs.values())}
+  for name in runs:
+    if name != 'plain':
+      result[f'ratio_{name}_vs_plain'] = medians[name] / medians['plain']
+      result[f'compile_s_{name}'] = compile_s[name]
+  result['peak_mem_mb'] = (
+      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+  return result
+
+
 def benchmark_fedspeed() -> dict:
   """Workload `fedspeed`: FedSpeed's round time relative to FedAvg's.
 
@@ -369,7 +406,13 @@ def _partition_seconds(population: int) -> dict[str, float]:
 
 
 def benchmark_cohort_assembly() -> dict:
-  """Workload `cohort_assembly`: host-side round preparation time against
+  """Workload `robustness`: the `mlp` workload's FedAvg aggregated by the plain
+mean, by every robust rule (f = 2 of the 10 clients) and by the mean after
+nearest-neighbour mixing, and with each compressor, rounds interleaved; it
+reports each round time as a ratio to the plain one
+(ratio_median_vs_plain, ratio_topk_vs_plain, ...).
+
+Workload `cohort_assembly`: host-side round preparation time against
   the population size."""
   result = {'workload': 'cohort_assembly'}
   for population in _POPULATIONS:
@@ -411,6 +454,7 @@ def main(argv):
   result = {'mlp': benchmark_mlp,
             'fedspeed': benchmark_fedspeed,
             'privacy': benchmark_privacy,
+            'robustness': benchmark_robustness,
             'cohort_assembly': benchmark_cohort_assembly}[_WORKLOAD.value]()
   for key, value in result.items():
     print(f'{key:>24}: {value:.4g}' if isinstance(value, float)
