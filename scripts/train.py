@@ -383,6 +383,8 @@ def _byzantine_line(config: simulation.SimulationConfig) -> str:
     mixing = ' after nearest-neighbour mixing' if robust.nnm else ''
     parts.append(f'aggregation by {robust.rule}{mixing} tolerating f='
                  f'{robust.num_byzantine}')
+  elif config.secure_aggregation is not None:
+    parts.append('aggregation by secure aggregation')
   else:
     parts.append('aggregation by the plain mean')
   return '; '.join(parts)
