@@ -11,8 +11,10 @@ import jax.numpy as jnp
 
 from fedjax_core import aggregation
 from fedjax_core import attacks
+from fedjax_core import downlink as downlink_lib
 from fedjax_core import local_training
 from fedjax_core import placement
+from fedjax_core import uplink
 from fedjax_core.algorithm import Algorithm, CohortInfo
 from fedjax_core.secagg_protocol import SecAggRoundInputs
 
@@ -21,6 +23,7 @@ PyTree = Any
 # fold in client ids, which are below 2^31.
 _AGGREGATION_STREAM = 0x7fffffff
 _ATTACK_STREAM = 0x7ffffffe
+_DOWNLINK_STREAM = 0x7ffffffd
 # Client metrics averaged uniformly over the clients whose messages arrived,
 # not weighted by the aggregation weight.
 _PER_CLIENT_METRICS = ('bytes_up',)
@@ -59,6 +62,10 @@ class CompiledRound:
   replace their messages as the server receives them (after any uplink
   compression) before aggregation. The metric `byzantine_clients` counts
   them.
+
+  Under a `downlink`, the clients train from the compressed broadcast
+  (`fedjax_core.downlink`), kept in the aggregator state under
+  `downlink.BROADCAST_KEY`; the metric `bytes_down` is its size.
   """
 
   def __init__(self, algorithm: Algorithm, *, unroll: bool,
@@ -66,7 +73,8 @@ class CompiledRound:
                augment: local_training.AugmentFn | None = None,
                aggregator: aggregation.Aggregator | None = None,
                attack: attacks.Attack | None = None,
-               num_classes: int | None = None):
+               num_classes: int | None = None,
+               downlink: uplink.Uplink | None = None):
     if attack is not None and attack.name == 'label_flip' and not num_classes:
       raise ValueError('Label flipping needs the number of classes.')
     self.num_traces = 0
@@ -74,6 +82,7 @@ class CompiledRound:
     self._aggregator = aggregator or aggregation.Aggregator(None, None)
     self._attack = attack
     self._num_classes = num_classes
+    self._downlink = downlink
     self._client_update = functools.partial(
         local_training.client_update, algorithm, unroll=unroll,
         skip_empty_steps=skip_empty_steps, augment=augment)
@@ -96,6 +105,12 @@ class CompiledRound:
       byzantine = attacks.byzantine_mask(
           jax.random.fold_in(attack_key, 0), is_real, attack.fraction)
     flips_labels = attack is not None and attack.name == 'label_flip'
+    aggregator_state = dict(aggregator_state)
+    sent_state, down_metrics = server_state, {}
+    if self._downlink is not None:
+      sent_state, broadcast, down_metrics = self._broadcast(
+          server_state, aggregator_state.pop(downlink_lib.BROADCAST_KEY),
+          jax.random.fold_in(round_key, _DOWNLINK_STREAM))
 
     def one_client(args):
       client_state, client_id, indices, mask, poisoned = args
@@ -104,7 +119,7 @@ class CompiledRound:
       if flips_labels:
         relabel = lambda y: jnp.where(
             poisoned, attacks.flip_labels(y, self._num_classes), y)
-      return self._client_update(server_state, client_state, indices, mask,
+      return self._client_update(sent_state, client_state, indices, mask,
                                  rng, train_x, train_y, relabel=relabel)
 
     outputs, infos, train_metrics = placement.map_clients(
@@ -148,7 +163,23 @@ class CompiledRound:
     }
     if attack is not None:
       metrics['byzantine_clients'] = jnp.sum(byzantine.astype(jnp.float32))
-    return server_state, client_state, aggregated.state, metrics
+    new_aggregator_state = aggregated.state
+    if self._downlink is not None:
+      new_aggregator_state = {**new_aggregator_state,
+                              downlink_lib.BROADCAST_KEY: broadcast}
+    return (server_state, client_state, new_aggregator_state,
+            {**metrics, **down_metrics})
+
+  def _broadcast(self, server_state, broadcast, key):
+    """The server state the clients see, their new model, and the
+    broadcast's size."""
+    settings = self._downlink
+    broadcast, num_bytes = downlink_lib.compress_broadcast(
+        self._algorithm.server_params(server_state), broadcast, key,
+        settings.compressor, fraction=settings.fraction,
+        levels=settings.levels, num_clusters=settings.num_clusters)
+    sent = downlink_lib.with_params(self._algorithm, server_state, broadcast)
+    return sent, broadcast, {'bytes_down': num_bytes}
 
 
 def _attacked(messages, byzantine, is_real, key, attack):

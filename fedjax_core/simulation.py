@@ -23,6 +23,7 @@ from fedjax_core import aggregation
 from fedjax_core import attacks
 from fedjax_core import augmentation
 from fedjax_core import batching
+from fedjax_core import downlink
 from fedjax_core import placement
 from fedjax_core import privacy
 from fedjax_core import rounds
@@ -97,6 +98,8 @@ class SimulationConfig:
     attack: Byzantine clients and their attack; None: all honest.
     uplink: compression of the clients' messages; None sends them as
       float32. MoNNA's client momentum is added by `robust`.
+    downlink: compression of the model broadcast (`fedjax_core.downlink`);
+      None broadcasts the float32 model.
   """
 
   num_rounds: int
@@ -121,6 +124,7 @@ class SimulationConfig:
   robust: aggregation.RobustAggregation | None = None
   attack: attacks.Attack | None = None
   uplink: uplink_lib.Uplink | None = None
+  downlink: uplink_lib.Uplink | None = None
 
   def validate(self, num_clients: int) -> None:
     """Raises ValueError naming the first bad setting and its fix."""
@@ -151,6 +155,9 @@ class SimulationConfig:
           f'--client_chunk must be positive, got {self.client_chunk}.')
     if self.robust is not None:
       self.robust.check_cohort(self.clients_per_round)
+    if self.downlink is not None and self.downlink.momentum is not None:
+      raise ValueError('The broadcast has no momentum; build the downlink '
+                       'as Uplink(compressor, ...) without momentum.')
     compressed = self.uplink is not None and self.uplink.compressor != 'none'
     if compressed and self.secure_aggregation is not None:
       raise ValueError('--compressor does not combine with '
@@ -231,7 +238,7 @@ class Simulation:
         self._train_x, self._train_y)
     # One client's message in float32.
     self.message_bytes = 4 * sum(x.size for x in jax.tree.leaves(template))
-    # The server broadcasts the model in float32.
+    # The model broadcast in float32.
     self.bytes_down = 4 * sum(
         np.size(x) for x in jax.tree.leaves(algorithm.server_params(
             self.server_state)))
@@ -292,14 +299,17 @@ class Simulation:
       adaptive = dp_config is not None and dp_config.adaptive
       words = self.message_bytes // 4 + 1 + int(adaptive)
       self._plain_bytes_up = math.ceil(words * self._secure.bits / 8)
-    self.aggregator_state = jax.device_put(aggregator.init_state(template),
-                                           replicated)
+    aggregator_state = aggregator.init_state(template)
+    if config.downlink is not None:  # Clients start from the initial model.
+      aggregator_state[downlink.BROADCAST_KEY] = jax.tree.map(
+          jnp.copy, algorithm.server_params(self.server_state))
+    self.aggregator_state = jax.device_put(aggregator_state, replicated)
     self.round_fn = rounds.CompiledRound(
         algorithm, unroll=self.local_loop == 'unroll',
         skip_empty_steps=config.local_steps is None,
         client_chunk=config.client_chunk, augment=augment,
         aggregator=aggregator, attack=config.attack,
-        num_classes=dataset.num_classes)
+        num_classes=dataset.num_classes, downlink=config.downlink)
     self._evaluator = Evaluator(model.apply, dataset.test_x, dataset.test_y,
                                 config.eval_batch_size)
     self._local_evaluator = None
@@ -430,8 +440,8 @@ class Simulation:
     self._consistent = True
     wall_s = time.perf_counter() - start
     metrics.setdefault('bytes_up', float(self._plain_bytes_up))
+    metrics.setdefault('bytes_down', float(self.bytes_down))
     record = {'round': self.completed_rounds, **metrics,
-              'bytes_down': float(self.bytes_down),
               'compression_ratio': self.message_bytes / metrics['bytes_up']
               if metrics['bytes_up'] > 0 else float('inf'),
               'wall_s': wall_s,

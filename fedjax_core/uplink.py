@@ -33,7 +33,8 @@ _EMPTY = ()
 
 @dataclasses.dataclass(frozen=True)
 class Uplink:
-  """Settings of the client -> server channel.
+  """Settings of the client -> server channel (or, without momentum, of
+  the compressed broadcast: `fedjax_core.downlink`).
 
   Attributes:
     compressor: one of `compression.COMPRESSORS`.

@@ -226,6 +226,32 @@ def test_topk_error_feedback_through_the_engine():
   assert record['compression_ratio'] == 32 / record['bytes_up']
 
 
+def test_compressed_broadcast_feeds_the_clients_and_carries_the_rest():
+  """The clients hold b (from the initial model); each round the server
+  sends top-k(x - b) per layer, b += it, the clients train from b, and the
+  server adds their mean update to its own x."""
+  sim = _simulation(downlink=uplink.Uplink('topk', fraction=0.6))
+  x = _params(sim)
+  broadcast = x.copy()
+
+  def top(v, k):
+    out = np.zeros_like(v)
+    keep = np.argsort(-np.abs(v), kind='stable')[:k]
+    out[keep] = v[keep]
+    return out
+
+  for _ in range(3):
+    change = x - broadcast
+    broadcast = broadcast + np.concatenate([top(change[:6], 4),
+                                            top(change[6:], 2)])
+    x = x + np.mean([_delta(broadcast, i) for i in range(NUM_CLIENTS)], 0)
+    record = sim.run_round()
+    np.testing.assert_allclose(_params(sim), x, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(broadcast, x)  # The clients lag the server.
+  # Kernel: 4 values of 32 bits and 4 indices of 3 bits; bias: 2 and 2 x 1.
+  assert record['bytes_down'] == 18 + 9
+
+
 def test_uncompressed_bytes_are_the_float32_message():
   record = _simulation().run_round()
   assert record['bytes_up'] == record['bytes_down'] == 32
@@ -242,13 +268,15 @@ def test_secure_aggregation_uploads_its_masked_words():
 
 
 def test_compressed_run_resumes_bit_identically(tmp_path):
-  settings = uplink.Uplink('sign')
-  straight = _simulation(uplink=settings)
+  """Both the clients' residuals and the broadcast model resume."""
+  settings = dict(uplink=uplink.Uplink('sign'),
+                  downlink=uplink.Uplink('qsgd', levels=2))
+  straight = _simulation(**settings)
   straight.run()
-  _simulation(num_rounds=2, uplink=settings, workdir=str(tmp_path),
-              checkpoint_every=1).run()
-  resumed = _simulation(uplink=settings, workdir=str(tmp_path),
-                        checkpoint_every=1)
+  _simulation(num_rounds=2, workdir=str(tmp_path), checkpoint_every=1,
+              **settings).run()
+  resumed = _simulation(workdir=str(tmp_path), checkpoint_every=1,
+                        **settings)
   resumed.run()
   assert resumed.completed_rounds == 3
   np.testing.assert_array_equal(_params(resumed), _params(straight))

@@ -1,0 +1,79 @@
+"""Server -> client compression of the model broadcast.
+
+The server keeps `broadcast`, the model every client holds, starting from
+the initial model (which clients build from the common seed). Each round it
+sends `C(x - broadcast)` for its current model x with one of
+`fedjax_core.compression`'s compressors, applied per layer, and both sides
+update `broadcast += C(x - broadcast)`; what the compressor drops stays in
+`x - broadcast` and goes out in later rounds (the error feedback of
+bidirectional compression, e.g. Tang et al. 2019, "DoubleSqueeze").
+Clients train from `broadcast`; the server applies their updates to x.
+
+For every client to hold `broadcast`, every client receives every round's
+message, sampled or not; `bytes_down` is that message's size. Only the
+model parameters are compressed: other server state an algorithm sends
+(control variates, corrections) goes as it is and is not counted.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from fedjax_core import compression
+from fedjax_core.algorithm import Algorithm
+
+PyTree = Any
+# The key of the clients' model in the round's aggregator state.
+BROADCAST_KEY = 'broadcast_params'
+
+
+def compress_broadcast(params: PyTree, broadcast: PyTree, key: jax.Array,
+                       compressor: str, **settings
+                       ) -> tuple[PyTree, jax.Array]:
+  """The clients' new model and the message's size in bytes.
+
+  Args:
+    params: the server's current model x.
+    broadcast: the model the clients hold.
+    key: this round's key (QSGD's rounding).
+    compressor: one of `compression.COMPRESSORS`.
+    **settings: `compression.compress`'s `fraction`, `levels` and
+      `num_clusters`.
+
+  Examples:
+    >>> broadcast, num_bytes = compress_broadcast(x, broadcast, key, 'topk',
+    ...                                           fraction=0.1)
+  """
+  leaves, treedef = jax.tree.flatten(params)
+  held = treedef.flatten_up_to(broadcast)
+  new_leaves, num_bytes = [], 0.0
+  for i, (leaf, old) in enumerate(zip(leaves, held)):
+    change = (leaf - old).reshape(-1)
+    encoded, _ = compression.compress(
+        compressor, change, jax.random.fold_in(key, i),
+        jnp.zeros_like(change), **settings)
+    new_leaves.append(old + encoded.decoded.reshape(leaf.shape))
+    num_bytes = num_bytes + encoded.num_bytes
+  return jax.tree.unflatten(treedef, new_leaves), num_bytes
+
+
+def with_params(algorithm: Algorithm, server_state: PyTree,
+                params: PyTree) -> PyTree:
+  """`server_state` with the arrays `algorithm.server_params` reads
+  replaced by `params`.
+
+  The params are found by identity: `server_params` must return arrays of
+  the server state itself (an attribute access, as every algorithm here
+  does), not arrays computed from it.
+  """
+  replacements = {id(old): new for old, new in zip(
+      jax.tree.leaves(algorithm.server_params(server_state)),
+      jax.tree.leaves(params))}
+  leaves, treedef = jax.tree.flatten(server_state)
+  if sum(id(leaf) in replacements for leaf in leaves) != len(replacements):
+    raise ValueError(
+        'Downlink compression needs the algorithm\'s server_params to '
+        'return arrays held in its server state; this one computes them.')
+  return jax.tree.unflatten(
+      treedef, [replacements.get(id(leaf), leaf) for leaf in leaves])
