@@ -59,7 +59,8 @@ _COMPRESSORS = flags.DEFINE_list(
     'compressors', ['none', 'topk:0.01', 'topk:0.1', 'qsgd:4', 'qsgd:16',
                     'sign', 'fedzip:0.1'],
     'Rows of the compression table: NAME or NAME:PARAM (the fraction of '
-    'topk / fedzip, the levels of qsgd).')
+    'topk / fedzip, the levels of qsgd), +down to compress the broadcast '
+    'too.')
 
 
 def _run(dataset, model, **config) -> dict:
@@ -125,7 +126,8 @@ def _compression_table(dataset, model) -> str:
            'compression ratio | bytes down / client / round |',
            '| --- | --- | --- | --- | --- |']
   for entry in _COMPRESSORS.value:
-    name, _, param = entry.partition(':')
+    spec, _, down = entry.partition('+')
+    name, _, param = spec.partition(':')
     settings = None
     if name != 'none':
       kwargs = {}
@@ -133,7 +135,8 @@ def _compression_table(dataset, model) -> str:
         kwargs['levels' if name == 'qsgd' else 'fraction'] = (
             int(param) if name == 'qsgd' else float(param))
       settings = uplink.Uplink(name, **kwargs)
-    summary = _run(dataset, model, uplink=settings)
+    summary = _run(dataset, model, uplink=settings,
+                   downlink=settings if down == 'down' else None)
     last = summary['last']
     line = (f'| {entry} | {summary["final_test_accuracy"]:.4f} | '
             f'{last["bytes_up"]:.0f} | {last["compression_ratio"]:.1f} | '

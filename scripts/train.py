@@ -206,6 +206,10 @@ _QSGD_LEVELS = flags.DEFINE_integer('qsgd_levels', 16,
                                     'qsgd: quantization levels s.')
 _FEDZIP_CLUSTERS = flags.DEFINE_integer(
     'fedzip_clusters', 3, 'fedzip: k-means clusters per layer.')
+_COMPRESS_DOWN = flags.DEFINE_bool(
+    'compress_down', False, 'Also compress the model broadcast with '
+    '--compressor: the server keeps the clients\' model b and sends '
+    'C(x - b) every round.')
 _SECAGG_BITS = flags.DEFINE_integer(
     'secagg_bits', 32, 'Secure aggregation: bits b of the modulus 2^b.')
 _SECAGG_CLIP = flags.DEFINE_float(
@@ -272,7 +276,8 @@ _ROBUST_FLAGS = ('robust_f', 'krum_selected', 'rfa_iters', 'rfa_smoothing',
                  'cc_radius', 'cc_iters', 'monna_momentum')
 _ATTACK_FLAGS = ('byzantine_fraction', 'attack_scale', 'attack_stddev',
                  'alie_z', 'ipm_epsilon')
-_COMPRESSION_FLAGS = ('compress_fraction', 'qsgd_levels', 'fedzip_clusters')
+_COMPRESSION_FLAGS = ('compress_fraction', 'qsgd_levels', 'fedzip_clusters',
+                      'compress_down')
 
 
 def _check_flag_groups() -> None:
@@ -368,6 +373,8 @@ def _byzantine_settings() -> dict:
     settings['uplink'] = uplink.Uplink(
         _COMPRESSOR.value, fraction=_COMPRESS_FRACTION.value,
         levels=_QSGD_LEVELS.value, num_clusters=_FEDZIP_CLUSTERS.value)
+    if _COMPRESS_DOWN.value:
+      settings['downlink'] = settings['uplink']
   return settings
 
 

@@ -94,6 +94,8 @@ def test_compares_algorithms_and_resumes(tmp_path):
      'be in (0, 1]'),
     ('--compressor=sign --aggregator=secure', 'does not combine with '
      '--aggregator=secure'),
+    ('--compress_down', '--compress_down has no effect without '
+     '--compressor'),
 ])
 def test_bad_input_is_a_clear_error(tmp_path, flag, message):
   result = _train(*SMALL, *flag.split(), f'--workdir={tmp_path}',
@@ -194,15 +196,16 @@ def test_dp_fedavg_over_secure_aggregation_reports_epsilon(tmp_path):
 def test_robust_aggregation_under_attack_with_compression(tmp_path):
   result = _train(*SMALL, '--algorithm=fedavg', '--clients_per_round=5',
                   '--aggregator=multi_krum', '--nnm', '--attack=alie',
-                  '--compressor=qsgd', '--qsgd_levels=4',
+                  '--compressor=qsgd', '--qsgd_levels=4', '--compress_down',
                   f'--workdir={tmp_path}')
   assert result.returncode == 0, result.stderr
   with open(tmp_path / 'metrics.jsonl') as f:
     records = [json.loads(line) for line in f]
   assert [r['byzantine_clients'] for r in records] == [1, 1, 1]
   # logreg on digits: 64 x 10 + 10 parameters; QSGD with 4 levels sends a
-  # float32 norm per layer and 1 + 3 bits per coordinate.
-  assert all(r['bytes_down'] == 4 * 650 for r in records)
-  assert all(r['bytes_up'] == 4 + 640 * 4 / 8 + 4 + 10 * 4 / 8
+  # float32 norm per layer and 1 + 3 bits per coordinate, both ways.
+  qsgd_bytes = 4 + 640 * 4 / 8 + 4 + 10 * 4 / 8
+  assert all(r['bytes_up'] == r['bytes_down'] == qsgd_bytes
              for r in records)
+  assert all(r['compression_ratio'] == 4 * 650 / qsgd_bytes for r in records)
   assert all(0 <= r['test_accuracy'] <= 1 for r in records)
