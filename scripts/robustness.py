@@ -137,10 +137,13 @@ def _compression_table(dataset, model) -> str:
       settings = uplink.Uplink(name, **kwargs)
     summary = _run(dataset, model, uplink=settings,
                    downlink=settings if down == 'down' else None)
-    last = summary['last']
-    line = (f'| {entry} | {summary["final_test_accuracy"]:.4f} | '
-            f'{last["bytes_up"]:.0f} | {last["compression_ratio"]:.1f} | '
-            f'{last["bytes_down"]:.0f} |')
+    if 'diverged' in summary:
+      line = f'| {entry} | diverged (round {summary["diverged"]}) | | | |'
+    else:
+      last = summary['last']
+      line = (f'| {entry} | {summary["final_test_accuracy"]:.4f} | '
+              f'{last["bytes_up"]:.0f} | {last["compression_ratio"]:.1f} | '
+              f'{last["bytes_down"]:.0f} |')
     print(line, flush=True)
     lines.append(line)
   return '\n'.join(lines)
