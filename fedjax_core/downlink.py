@@ -9,6 +9,12 @@ update `broadcast += C(x - broadcast)`; what the compressor drops stays in
 bidirectional compression, e.g. Tang et al. 2019, "DoubleSqueeze").
 Clients train from `broadcast`; the server applies their updates to x.
 
+An unbiased quantizer of variance factor omega (E|C(v) - v|^2 <= omega
+|v|^2) would let that error grow when omega > 1, so QSGD's step is damped
+to `broadcast += C(x - broadcast) / (1 + omega)`, the memory step of DIANA
+(Mishchenko et al. 2019), with omega = min(d / s^2, sqrt(d) / s) per layer
+(Alistarh et al. 2017, Lemma 3.1).
+
 For every client to hold `broadcast`, every client receives every round's
 message, sampled or not; `bytes_down` is that message's size. Only the
 model parameters are compressed: other server state an algorithm sends
@@ -16,6 +22,8 @@ model parameters are compressed: other server state an algorithm sends
 """
 
 from typing import Any
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +37,8 @@ BROADCAST_KEY = 'broadcast_params'
 
 
 def compress_broadcast(params: PyTree, broadcast: PyTree, key: jax.Array,
-                       compressor: str, **settings
+                       compressor: str, *, fraction: float = 0.01,
+                       levels: int = 16, num_clusters: int = 3
                        ) -> tuple[PyTree, jax.Array]:
   """The clients' new model and the message's size in bytes.
 
@@ -38,8 +47,9 @@ def compress_broadcast(params: PyTree, broadcast: PyTree, key: jax.Array,
     broadcast: the model the clients hold.
     key: this round's key (QSGD's rounding).
     compressor: one of `compression.COMPRESSORS`.
-    **settings: `compression.compress`'s `fraction`, `levels` and
-      `num_clusters`.
+    fraction: top-k's and FedZip's share of coordinates.
+    levels: QSGD's s.
+    num_clusters: FedZip's k.
 
   Examples:
     >>> broadcast, num_bytes = compress_broadcast(x, broadcast, key, 'topk',
@@ -52,10 +62,20 @@ def compress_broadcast(params: PyTree, broadcast: PyTree, key: jax.Array,
     change = (leaf - old).reshape(-1)
     encoded, _ = compression.compress(
         compressor, change, jax.random.fold_in(key, i),
-        jnp.zeros_like(change), **settings)
-    new_leaves.append(old + encoded.decoded.reshape(leaf.shape))
+        jnp.zeros_like(change), fraction=fraction, levels=levels,
+        num_clusters=num_clusters)
+    step = encoded.decoded.reshape(leaf.shape)
+    if compressor == 'qsgd':
+      step = step / (1 + qsgd_variance_factor(change.size, levels))
+    new_leaves.append(old + step)
     num_bytes = num_bytes + encoded.num_bytes
   return jax.tree.unflatten(treedef, new_leaves), num_bytes
+
+
+def qsgd_variance_factor(d: int, levels: int) -> float:
+  """omega = min(d / s^2, sqrt(d) / s) of QSGD with s levels on d
+  coordinates (Alistarh et al. 2017, Lemma 3.1)."""
+  return min(d / levels**2, math.sqrt(d) / levels)
 
 
 def with_params(algorithm: Algorithm, server_state: PyTree,

@@ -42,3 +42,15 @@ def test_uncompressed_broadcast_catches_up_at_float32_cost():
   np.testing.assert_array_equal(new['w'], params['w'])
   np.testing.assert_array_equal(new['b'], params['b'])
   assert num_bytes == 4 * 7
+
+
+def test_qsgd_broadcast_steps_by_one_over_one_plus_omega():
+  """x - b = (3, -4) lies on QSGD's levels for s = 5, so C(x - b) is exact;
+  omega = min(2 / 25, sqrt(2) / 5) = 0.08 damps the step to 1 / 1.08."""
+  params = {'w': jnp.array([3.0, -4.0])}
+  held = {'w': jnp.zeros(2)}
+  new, num_bytes = downlink.compress_broadcast(
+      params, held, jax.random.key(3), 'qsgd', levels=5)
+  np.testing.assert_allclose(new['w'], np.array([3.0, -4.0]) / 1.08,
+                             rtol=1e-6)
+  assert num_bytes == 5  # A float32 norm and 2 x (1 + 3) bits.
