@@ -21,14 +21,13 @@ model parameters are compressed: other server state an algorithm sends
 (control variates, corrections) goes as it is and is not counted.
 """
 
-from typing import Any
-
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from fedjax_core import compression
+from fedjax_core import uplink
 from fedjax_core.algorithm import Algorithm
 
 PyTree = Any
@@ -37,39 +36,27 @@ BROADCAST_KEY = 'broadcast_params'
 
 
 def compress_broadcast(params: PyTree, broadcast: PyTree, key: jax.Array,
-                       compressor: str, *, fraction: float = 0.01,
-                       levels: int = 16, num_clusters: int = 3
-                       ) -> tuple[PyTree, jax.Array]:
+                       channel: uplink.Uplink) -> tuple[PyTree, jax.Array]:
   """The clients' new model and the message's size in bytes.
 
   Args:
     params: the server's current model x.
     broadcast: the model the clients hold.
     key: this round's key (QSGD's rounding).
-    compressor: one of `compression.COMPRESSORS`.
-    fraction: top-k's and FedZip's share of coordinates.
-    levels: QSGD's s.
-    num_clusters: FedZip's k.
+    channel: the compressor and its settings (without momentum).
 
   Examples:
-    >>> broadcast, num_bytes = compress_broadcast(x, broadcast, key, 'topk',
-    ...                                           fraction=0.1)
+    >>> broadcast, num_bytes = compress_broadcast(
+    ...     x, broadcast, key, uplink.Uplink('topk', fraction=0.1))
   """
-  leaves, treedef = jax.tree.flatten(params)
-  held = treedef.flatten_up_to(broadcast)
-  new_leaves, num_bytes = [], 0.0
-  for i, (leaf, old) in enumerate(zip(leaves, held)):
-    change = (leaf - old).reshape(-1)
-    encoded, _ = compression.compress(
-        compressor, change, jax.random.fold_in(key, i),
-        jnp.zeros_like(change), fraction=fraction, levels=levels,
-        num_clusters=num_clusters)
-    step = encoded.decoded.reshape(leaf.shape)
-    if compressor == 'qsgd':
-      step = step / (1 + qsgd_variance_factor(change.size, levels))
-    new_leaves.append(old + step)
-    num_bytes = num_bytes + encoded.num_bytes
-  return jax.tree.unflatten(treedef, new_leaves), num_bytes
+  change = jax.tree.map(jnp.subtract, params, broadcast)
+  steps, _, num_bytes = channel.compress_tree(change, key)
+  if channel.compressor == 'qsgd':
+    steps = jax.tree.map(
+        lambda step: step / (1 + qsgd_variance_factor(step.size,
+                                                      channel.levels)),
+        steps)
+  return jax.tree.map(jnp.add, broadcast, steps), num_bytes
 
 
 def qsgd_variance_factor(d: int, levels: int) -> float:

@@ -173,11 +173,9 @@ class CompiledRound:
   def _broadcast(self, server_state, broadcast, key):
     """The server state the clients see, their new model, and the
     broadcast's size."""
-    settings = self._downlink
     broadcast, num_bytes = downlink_lib.compress_broadcast(
         self._algorithm.server_params(server_state), broadcast, key,
-        settings.compressor, fraction=settings.fraction,
-        levels=settings.levels, num_clusters=settings.num_clusters)
+        self._downlink)
     sent = downlink_lib.with_params(self._algorithm, server_state, broadcast)
     return sent, broadcast, {'bytes_down': num_bytes}
 

@@ -71,6 +71,38 @@ class Uplink:
     """Whether the compressor keeps a residual (top-k and sign)."""
     return self.compressor in ('topk', 'sign')
 
+  def compress_tree(self, tree: PyTree, key: jax.Array,
+                    residual: PyTree = None
+                    ) -> tuple[PyTree, PyTree, jax.Array]:
+    """Compresses each leaf (layer) of `tree` on its own.
+
+    Args:
+      tree: the arrays to send.
+      key: the compressor's key; leaf i uses `fold_in(key, i)`.
+      residual: error feedback's residual, shaped like `tree`; None: zeros.
+
+    Returns:
+      The decoded tree, the new residual (shaped like `tree`) and the
+      encoded size in bytes, summed over the leaves.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    residuals = ([None] * len(leaves) if residual is None
+                 else treedef.flatten_up_to(residual))
+    decoded, new_residuals, num_bytes = [], [], jnp.float32(0)
+    for i, (leaf, leaf_residual) in enumerate(zip(leaves, residuals)):
+      flat = leaf.reshape(-1).astype(jnp.float32)
+      if leaf_residual is None:
+        leaf_residual = jnp.zeros_like(flat)
+      encoded, new_residual = compression.compress(
+          self.compressor, flat, jax.random.fold_in(key, i),
+          leaf_residual.reshape(-1), fraction=self.fraction,
+          levels=self.levels, num_clusters=self.num_clusters)
+      decoded.append(encoded.decoded.reshape(leaf.shape).astype(leaf.dtype))
+      new_residuals.append(new_residual.reshape(leaf.shape))
+      num_bytes = num_bytes + encoded.num_bytes
+    return (jax.tree.unflatten(treedef, decoded),
+            jax.tree.unflatten(treedef, new_residuals), num_bytes)
+
 
 class UplinkClientState(NamedTuple):
   """A client's state under an uplink.
@@ -133,9 +165,13 @@ def with_uplink(algorithm: Algorithm, uplink: Uplink,
           lambda m, x: jnp.where(first, x, beta * m + (1 - beta) * x),
           state.momentum, message)
       state = state._replace(momentum=message, rounds=state.rounds + 1)
-    message, residual, num_bytes = _compress(message, state.residual, key,
-                                             uplink)
-    state = state._replace(inner=output.client_state, residual=residual)
+    if uplink.error_feedback:
+      message, residual, num_bytes = uplink.compress_tree(
+          message, key, state.residual)
+      state = state._replace(residual=residual)
+    else:
+      message, _, num_bytes = uplink.compress_tree(message, key)
+    state = state._replace(inner=output.client_state)
     return ClientOutput(message=message, weight=output.weight,
                         client_state=state,
                         metrics={**output.metrics, 'bytes_up': num_bytes})
@@ -143,26 +179,3 @@ def with_uplink(algorithm: Algorithm, uplink: Uplink,
   return algorithm._replace(client_state_init=client_state_init,
                             client_init=client_init, local_step=local_step,
                             client_final=client_final)
-
-
-def _compress(message, residual, key, uplink):
-  """Compresses each leaf; returns the decoded message, the new residual
-  (or ()) and the encoded size in bytes."""
-  leaves, treedef = jax.tree.flatten(message)
-  residuals = (jax.tree.leaves(residual) if uplink.error_feedback
-               else [None] * len(leaves))
-  decoded, new_residuals, num_bytes = [], [], jnp.float32(0)
-  for i, (leaf, leaf_residual) in enumerate(zip(leaves, residuals)):
-    flat = leaf.reshape(-1).astype(jnp.float32)
-    if leaf_residual is None:
-      leaf_residual = jnp.zeros_like(flat)
-    encoded, new_residual = compression.compress(
-        uplink.compressor, flat, jax.random.fold_in(key, i),
-        leaf_residual.reshape(-1), fraction=uplink.fraction,
-        levels=uplink.levels, num_clusters=uplink.num_clusters)
-    decoded.append(encoded.decoded.reshape(leaf.shape).astype(leaf.dtype))
-    new_residuals.append(new_residual.reshape(leaf.shape))
-    num_bytes = num_bytes + encoded.num_bytes
-  new_residual = (jax.tree.unflatten(treedef, new_residuals)
-                  if uplink.error_feedback else _EMPTY)
-  return jax.tree.unflatten(treedef, decoded), new_residual, num_bytes

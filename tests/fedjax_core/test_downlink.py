@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fedjax_core import downlink
+from fedjax_core import uplink
 from fedjax_core.algorithm import Algorithm
 
 
@@ -37,8 +38,8 @@ def test_with_params_refuses_computed_params():
 def test_uncompressed_broadcast_catches_up_at_float32_cost():
   params = {'w': jnp.arange(6.0).reshape(2, 3), 'b': jnp.array([1.0])}
   held = {'w': jnp.zeros((2, 3)), 'b': jnp.zeros(1)}
-  new, num_bytes = downlink.compress_broadcast(params, held,
-                                                 jax.random.key(0), 'none')
+  new, num_bytes = downlink.compress_broadcast(
+      params, held, jax.random.key(0), uplink.Uplink('none'))
   np.testing.assert_array_equal(new['w'], params['w'])
   np.testing.assert_array_equal(new['b'], params['b'])
   assert num_bytes == 4 * 7
@@ -50,7 +51,7 @@ def test_qsgd_broadcast_steps_by_one_over_one_plus_omega():
   params = {'w': jnp.array([3.0, -4.0])}
   held = {'w': jnp.zeros(2)}
   new, num_bytes = downlink.compress_broadcast(
-      params, held, jax.random.key(3), 'qsgd', levels=5)
+      params, held, jax.random.key(3), uplink.Uplink('qsgd', levels=5))
   np.testing.assert_allclose(new['w'], np.array([3.0, -4.0]) / 1.08,
                              rtol=1e-6)
   assert num_bytes == 5  # A float32 norm and 2 x (1 + 3) bits.
