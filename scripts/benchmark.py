@@ -240,17 +240,35 @@ def _mlp_simulation(x, y, name: str, config_overrides=None,
   return Simulation(algorithm, model, dataset, config)
 
 
-def _interleaved_medians(runs: dict[str, Simulation]
-                         ) -> tuple[dict[str, float], dict[str, float]]:
-  """Compile seconds and median round seconds of each run, one round of
-  each in turn so that machine noise falls on all alike."""
+def _peak_host_mb() -> float:
+  """This process's peak resident memory so far, in MB."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _interleaved_comparison(workload: str, runs: dict[str, Simulation],
+                            baseline: str) -> dict:
+  """Compile seconds, median round seconds and the ratio to `baseline`'s
+  round of each run, one round of each in turn so that machine noise falls
+  on all alike; and the most traces any run's round needed."""
   first = {name: sim.run_round()['wall_s'] for name, sim in runs.items()}
   times = {name: [] for name in runs}
   for _ in range(_ROUNDS.value):
     for name, sim in runs.items():
       times[name].append(sim.run_round()['wall_s'])
   medians = {name: statistics.median(t) for name, t in times.items()}
-  return {name: first[name] - medians[name] for name in runs}, medians
+  result = {'workload': workload, 'backend': jax.default_backend(),
+            'devices': jax.device_count(),
+            'local_loop': runs[baseline].local_loop,
+            'max_num_traces': max(sim.round_fn.num_traces
+                                  for sim in runs.values())}
+  for name in runs:
+    result[f's_per_round_{name}'] = medians[name]
+    result[f'compile_s_{name}'] = first[name] - medians[name]
+  for name in runs:
+    if name != baseline:
+      result[f'ratio_{name}_vs_{baseline}'] = medians[name] / medians[
+          baseline]
+  return result
 
 
 def benchmark_privacy() -> dict:
@@ -266,19 +284,10 @@ def benchmark_privacy() -> dict:
   }
   runs = {name: _mlp_simulation(x, y, 'fedavg', config_overrides=o)
           for name, o in overrides.items()}
-  compile_s, medians = _interleaved_medians(runs)
-  result = {'workload': 'privacy', 'backend': jax.default_backend(),
-            'devices': jax.device_count(),
-            'local_loop': runs['plain'].local_loop}
-  for name in runs:
-    result[f's_per_round_{name}'] = medians[name]
-    result[f'compile_s_{name}'] = compile_s[name]
-  for name in ('secure', 'secure_dropout', 'dp'):
-    result[f'ratio_{name}_vs_plain'] = medians[name] / medians['plain']
+  result = _interleaved_comparison('privacy', runs, 'plain')
   result['secagg_setup_s'] = runs['secure_dropout'].run_round()[
       'secagg_setup_s']
-  result['peak_mem_mb'] = (
-      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+  result['peak_mem_mb'] = _peak_host_mb()
   return result
 
 
@@ -295,19 +304,8 @@ def benchmark_robustness() -> dict:
     overrides[name] = {'uplink': uplink.Uplink(name)}
   runs = {name: _mlp_simulation(x, y, 'fedavg', config_overrides=o)
           for name, o in overrides.items()}
-  compile_s, medians = _interleaved_medians(runs)
-  result = {'workload': 'robustness', 'backend': jax.default_backend(),
-            'devices': jax.device_count(),
-            'local_loop': runs['plain'].local_loop,
-            's_per_round_plain': medians['plain'],
-            'max_num_traces': max(sim.round_fn.num_traces
-                                  for sim in runs.values())}
-  for name in runs:
-    if name != 'plain':
-      result[f'ratio_{name}_vs_plain'] = medians[name] / medians['plain']
-      result[f'compile_s_{name}'] = compile_s[name]
-  result['peak_mem_mb'] = (
-      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+  result = _interleaved_comparison('robustness', runs, 'plain')
+  result['peak_mem_mb'] = _peak_host_mb()
   return result
 
 
@@ -328,19 +326,8 @@ def benchmark_fedspeed() -> dict:
           'fedspeed': _mlp_simulation(x, y, 'fedspeed'),
           'fedspeed_reference': _mlp_simulation(x, y, 'fedspeed',
                                                 form='reference')}
-  compile_s, medians = _interleaved_medians(runs)
-  result = {'workload': 'fedspeed', 'backend': jax.default_backend(),
-            'devices': jax.device_count(),
-            'local_loop': runs['fedavg'].local_loop}
-  for name in runs:
-    result[f's_per_round_{name}'] = medians[name]
-    result[f'compile_s_{name}'] = compile_s[name]
-  for name in ('fedspeed', 'fedspeed_reference'):
-    result[f'ratio_{name}_vs_fedavg'] = medians[name] / medians['fedavg']
-  result['ratio_fedprox_mu0_vs_fedavg'] = (medians['fedprox_mu0']
-                                           / medians['fedavg'])
-  result['peak_mem_mb'] = (
-      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+  result = _interleaved_comparison('fedspeed', runs, 'fedavg')
+  result['peak_mem_mb'] = _peak_host_mb()
   return result
 
 
@@ -370,7 +357,7 @@ def benchmark_mlp() -> dict:
       'ratio_batched_limit': round_s / limits['batched_limit_s'],
       'per_client_limit_s': per_client_s,
       'ratio_per_client_limit': round_s / per_client_s,
-      'peak_mem_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+      'peak_mem_mb': _peak_host_mb(),
       'peak_device_mem_mb': _peak_device_mb(),
       'num_traces': sim.round_fn.num_traces,
   }
@@ -438,8 +425,7 @@ Workload `cohort_assembly`: host-side round preparation time against
   result['ratio_assembly_largest_vs_smallest'] = (
       result[f'assembly_ms_{large}_4_buckets'] /
       result[f'assembly_ms_{small}_4_buckets'])
-  result['peak_mem_mb'] = (
-      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+  result['peak_mem_mb'] = _peak_host_mb()
   return result
 
 
