@@ -76,6 +76,15 @@ def _matching_attackers(sim, next_x):
           if np.allclose(engine, next_x(x, b), rtol=1e-5, atol=1e-6)]
 
 
+def _top(v, k):
+  """Top-k of v in numpy: the k largest magnitudes (stable order on ties),
+  zeros elsewhere."""
+  out = np.zeros_like(v)
+  keep = np.argsort(-np.abs(v), kind='stable')[:k]
+  out[keep] = v[keep]
+  return out
+
+
 def _robust_next_x(rule, attack):
   """x -> the numpy rule's next model when client b is the attacker."""
   def next_x(x, b):
@@ -200,17 +209,11 @@ def test_topk_error_feedback_through_the_engine():
   x = _params(sim)
   residual = np.zeros((NUM_CLIENTS, 8))
 
-  def top(v, k):
-    out = np.zeros_like(v)
-    keep = np.argsort(-np.abs(v), kind='stable')[:k]
-    out[keep] = v[keep]
-    return out
-
   for _ in range(3):
     sent = []
     for i in range(NUM_CLIENTS):
       corrected = _delta(x, i) + residual[i]
-      decoded = np.concatenate([top(corrected[:6], 4), top(corrected[6:], 2)])
+      decoded = np.concatenate([_top(corrected[:6], 4), _top(corrected[6:], 2)])
       residual[i] = corrected - decoded
       sent.append(decoded)
     x = x + np.mean(sent, axis=0)
@@ -234,16 +237,10 @@ def test_compressed_broadcast_feeds_the_clients_and_carries_the_rest():
   x = _params(sim)
   broadcast = x.copy()
 
-  def top(v, k):
-    out = np.zeros_like(v)
-    keep = np.argsort(-np.abs(v), kind='stable')[:k]
-    out[keep] = v[keep]
-    return out
-
   for _ in range(3):
     change = x - broadcast
-    broadcast = broadcast + np.concatenate([top(change[:6], 4),
-                                            top(change[6:], 2)])
+    broadcast = broadcast + np.concatenate([_top(change[:6], 4),
+                                            _top(change[6:], 2)])
     x = x + np.mean([_delta(broadcast, i) for i in range(NUM_CLIENTS)], 0)
     record = sim.run_round()
     np.testing.assert_allclose(_params(sim), x, rtol=1e-5, atol=1e-6)
