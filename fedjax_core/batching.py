@@ -118,19 +118,28 @@ def _step_batches(rows: np.ndarray, rng: np.random.Generator,
   is completed from the next shuffle, whose rows already in the batch are
   moved to its end, so no batch repeats a row.
   """
-  width = min(batch_size, len(rows))
-  perm, pos, batches = rng.permutation(rows), 0, []
-  for _ in range(local_steps):
-    batch = perm[pos:pos + width]
-    pos += len(batch)
-    if len(batch) < width:
-      fresh = rng.permutation(rows)
-      taken = np.isin(fresh, batch)
-      perm = np.concatenate([fresh[~taken], fresh[taken]])
-      pos = width - len(batch)
-      batch = np.concatenate([batch, perm[:pos]])
-    batches.append(batch)
-  return batches
+  # Works on positions into `rows`: `rows[rng.permutation(n)]` draws the
+  # same shuffle as `rng.permutation(rows)`, and a position's membership in
+  # a batch is one lookup (np.isin dominated the cost of a round's batches).
+  n = len(rows)
+  width = min(batch_size, n)
+  perm, pos, batches = rng.permutation(n), 0, []
+  while len(batches) < local_steps:
+    # The whole batches left in this pass, cut at once.
+    whole = min(local_steps - len(batches), (n - pos) // width)
+    batches.extend(perm[pos:pos + whole * width].reshape(whole, width))
+    pos += whole * width
+    if len(batches) == local_steps:
+      break
+    batch = perm[pos:]  # Shorter than a batch: completed from a new pass.
+    fresh = rng.permutation(n)
+    in_batch = np.zeros(n, bool)
+    in_batch[batch] = True
+    taken = in_batch[fresh]
+    perm = np.concatenate([fresh[~taken], fresh[taken]])
+    pos = width - len(batch)
+    batches.append(np.concatenate([batch, perm[:pos]]))
+  return [rows[batch] for batch in batches]
 
 
 def cohort_batches(client_indices: ClientIndices,
@@ -163,7 +172,8 @@ def cohort_batches(client_indices: ClientIndices,
       batches = _step_batches(rows, rng, batch_size, local_steps)
     else:
       batches = _epoch_batches(rows, rng, batch_size, local_epochs)
-    for step, batch in enumerate(batches):
-      indices[slot, step, :len(batch)] = batch
-      mask[slot, step, :len(batch)] = 1.0
+    lengths = np.array([len(batch) for batch in batches])
+    real = np.arange(batch_size) < lengths[:, None]  # [steps, batch_size]
+    indices[slot, :len(batches)][real] = np.concatenate(batches)
+    mask[slot, :len(batches)] = real
   return CohortBatches(indices=indices, mask=mask)

@@ -7,6 +7,7 @@ fairness view of Li et al., 2020, "Fair Resource Allocation in Federated
 Learning", ICLR).
 """
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -21,11 +22,22 @@ PyTree = Any
 ApplyFn = Callable[[PyTree, jax.Array], jax.Array]
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _batch_outputs(apply_fn: ApplyFn, params: PyTree, x: jax.Array,
+                   y: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-example loss and 0/1 correctness of one batch. Jitted at module
+  level, so evaluators of one model and batch shape share a compile (the
+  runs of `VmappedRuns` each have their own)."""
+  logits = apply_fn(params, as_float(x))
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+  return loss, (jnp.argmax(logits, axis=-1) == y).astype(jnp.float32)
+
+
 class _PerExample:
   """Per-example loss and correctness of a fixed split, in padded batches.
 
-  The split is put on the device once; every batch has the same shape, so
-  the per-batch function compiles once.
+  The split is put on the device once, already cut into batches; every batch
+  has the same shape, so the per-batch function compiles once.
   """
 
   def __init__(self, apply_fn: ApplyFn, x: np.ndarray, y: np.ndarray,
@@ -37,23 +49,16 @@ class _PerExample:
     pad = num_batches * batch_size - len(x)
     x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
     y = np.concatenate([y, np.zeros(pad, y.dtype)])
-    shape = (num_batches, batch_size)
-    self._x = jnp.asarray(x.reshape(shape + x.shape[1:]))
-    self._y = jnp.asarray(y.reshape(shape))
+    self._batches = [
+        (jnp.asarray(x[i:i + batch_size]), jnp.asarray(y[i:i + batch_size]))
+        for i in range(0, len(x), batch_size)]
     self._num_examples = num_batches * batch_size - pad
-
-    @jax.jit
-    def batch_fn(params, x, y):
-      logits = apply_fn(params, as_float(x))
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-      return loss, (jnp.argmax(logits, axis=-1) == y).astype(jnp.float32)
-
-    self._batch_fn = batch_fn
+    self._apply_fn = apply_fn
 
   def __call__(self, params: PyTree) -> tuple[np.ndarray, np.ndarray]:
     """`[num_examples]` losses and 0/1 correctness, in split order."""
-    outputs = [self._batch_fn(params, self._x[i], self._y[i])
-               for i in range(self._x.shape[0])]
+    outputs = [_batch_outputs(self._apply_fn, params, x, y)
+               for x, y in self._batches]
     loss, correct = (np.concatenate(a)[:self._num_examples]
                      for a in zip(*jax.device_get(outputs)))
     return loss, correct

@@ -172,8 +172,10 @@ def plot_heatmap(path: str | os.PathLike, counts: np.ndarray, *, title: str,
              'spaced')
   counts = counts[clients]
 
-  fig = Figure(figsize=_HEATMAP_SIZE_INCHES, dpi=_HEATMAP_DPI,
-               layout='constrained')
+  # Fixed margins: constrained layout took 0.3-0.7 s of a run's start.
+  fig = Figure(figsize=_HEATMAP_SIZE_INCHES, dpi=_HEATMAP_DPI)
+  fig.subplots_adjust(left=0.09, right=0.97, top=0.9, bottom=0.04,
+                      wspace=0.05)
   FigureCanvasAgg(fig)
   heat_ax, size_ax = fig.subplots(1, 2, sharey=True,
                                   gridspec_kw={'width_ratios': [5, 1]})
