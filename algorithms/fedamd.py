@@ -49,7 +49,7 @@ import optax
 from fedjax_core import local_sgd as local_sgd_lib
 from fedjax_core import losses
 from fedjax_core import server_model
-from fedjax_core.algorithm import Algorithm, ClientOutput
+from fedjax_core.algorithm import Algorithm, ClientOutput, is_traced
 
 PyTree = Any
 ApplyFn = Callable[[PyTree, Any], Any]
@@ -126,7 +126,7 @@ def fedamd(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
     >>> algorithm = fedamd(model.apply, LocalSGD(0.1), optax.sgd(1.0),
     ...                    num_clients=100, anchor_prob=0.5)
   """
-  if not 0.0 <= anchor_prob <= 1.0:
+  if not is_traced(anchor_prob) and not 0.0 <= anchor_prob <= 1.0:
     raise ValueError(
         f'FedAMD needs anchor_prob in [0, 1], got {anchor_prob!r}.')
   server_model.check_population('FedAMD', num_clients)

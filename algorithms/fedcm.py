@@ -41,7 +41,7 @@ from fedjax_core import local_sgd as local_sgd_lib
 from fedjax_core import losses
 from fedjax_core import server_model
 from fedjax_core import sharpness
-from fedjax_core.algorithm import Algorithm, ClientOutput
+from fedjax_core.algorithm import Algorithm, ClientOutput, is_traced
 
 PyTree = Any
 ApplyFn = Callable[[PyTree, Any], Any]
@@ -134,7 +134,7 @@ def _client_momentum(grad_fn: sharpness.GradFn,
 
 
 def _check_beta(name: str, beta: float) -> None:
-  if not 0 < beta <= 1:
+  if not is_traced(beta) and not 0 < beta <= 1:
     raise ValueError(f'{name} needs beta in (0, 1], got {beta}.')
 
 
@@ -183,7 +183,7 @@ def mofedsam(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
     ...                      beta=0.1, rho=0.1)
   """
   _check_beta('MoFedSAM', beta)
-  if not rho > 0:
+  if not is_traced(rho) and not rho > 0:
     raise ValueError(f'MoFedSAM needs rho > 0, got {rho}.')
   return _client_momentum(
       sharpness.sam(losses.loss_and_grad(apply_fn), rho), local_sgd,

@@ -37,7 +37,7 @@ from fedjax_core import drift
 from fedjax_core import local_sgd as local_sgd_lib
 from fedjax_core import losses
 from fedjax_core import server_model
-from fedjax_core.algorithm import Algorithm, ClientOutput
+from fedjax_core.algorithm import Algorithm, ClientOutput, is_traced
 
 PyTree = Any
 ApplyFn = Callable[[PyTree, Any], Any]
@@ -87,7 +87,7 @@ def feddyn(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
     ...                    num_clients=100, alpha=0.1)
   """
   server_model.check_population('FedDyn', num_clients)
-  if not alpha > 0:
+  if not is_traced(alpha) and not alpha > 0:
     raise ValueError(f'FedDyn needs alpha > 0, got {alpha}.')
   grad_fn = losses.loss_and_grad(apply_fn)
 

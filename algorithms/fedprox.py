@@ -20,7 +20,7 @@ import optax
 from fedjax_core import drift
 from fedjax_core import local_sgd as local_sgd_lib
 from fedjax_core import losses
-from fedjax_core.algorithm import Algorithm
+from fedjax_core.algorithm import Algorithm, is_traced
 
 PyTree = Any
 ApplyFn = Callable[[PyTree, Any], Any]
@@ -35,7 +35,7 @@ def fedprox(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
     >>> algorithm = fedprox(model.apply, LocalSGD(0.1), optax.sgd(1.0),
     ...                     mu=0.01)
   """
-  if not mu >= 0:
+  if not is_traced(mu) and not mu >= 0:
     raise ValueError(f'FedProx needs mu >= 0, got {mu}.')
   return local_sgd_lib.stateless_algorithm(
       losses.loss_and_grad(apply_fn),

@@ -32,7 +32,7 @@ import optax
 from fedjax_core import local_sgd as local_sgd_lib
 from fedjax_core import losses
 from fedjax_core import sharpness
-from fedjax_core.algorithm import Algorithm
+from fedjax_core.algorithm import Algorithm, is_traced
 
 PyTree = Any
 ApplyFn = Callable[[PyTree, Any], Any]
@@ -73,7 +73,7 @@ def fedsam(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
     >>> algorithm = fedsam(model.apply, LocalSGD(0.1), optax.sgd(1.0),
     ...                    rho=0.1)
   """
-  if not rho > 0:
+  if not is_traced(rho) and not rho > 0:
     raise ValueError(f'FedSAM needs rho > 0, got {rho}.')
   return _sharpness_aware_fedavg(
       apply_fn, local_sgd, server_optimizer,
@@ -99,9 +99,9 @@ def fedasam(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
     >>> algorithm = fedasam(model.apply, LocalSGD(0.1), optax.sgd(1.0),
     ...                     rho=0.5, eta=0.01)
   """
-  if not rho > 0:
+  if not is_traced(rho) and not rho > 0:
     raise ValueError(f'FedASAM needs rho > 0, got {rho}.')
-  if not eta >= 0:
+  if not is_traced(eta) and not eta >= 0:
     raise ValueError(f'FedASAM needs eta >= 0, got {eta}.')
   return _sharpness_aware_fedavg(
       apply_fn, local_sgd, server_optimizer,

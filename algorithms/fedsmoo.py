@@ -49,7 +49,7 @@ from fedjax_core import local_sgd as local_sgd_lib
 from fedjax_core import losses
 from fedjax_core import server_model
 from fedjax_core import sharpness
-from fedjax_core.algorithm import Algorithm, ClientOutput
+from fedjax_core.algorithm import Algorithm, ClientOutput, is_traced
 
 PyTree = Any
 ApplyFn = Callable[[PyTree, Any], Any]
@@ -106,9 +106,9 @@ def fedsmoo(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
     ...                     num_clients=100, rho=0.1, prox_coef=0.1)
   """
   server_model.check_population('FedSMOO', num_clients)
-  if not rho >= 0:
+  if not is_traced(rho) and not rho >= 0:
     raise ValueError(f'FedSMOO needs rho >= 0, got {rho}.')
-  if not prox_coef > 0:
+  if not is_traced(prox_coef) and not prox_coef > 0:
     raise ValueError(f'FedSMOO needs prox_coef > 0, got {prox_coef}.')
   grad_fn = losses.loss_and_grad(apply_fn)
 

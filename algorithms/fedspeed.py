@@ -52,7 +52,7 @@ from fedjax_core import local_sgd as local_sgd_lib
 from fedjax_core import losses
 from fedjax_core import server_model
 from fedjax_core import sharpness
-from fedjax_core.algorithm import Algorithm, ClientOutput
+from fedjax_core.algorithm import Algorithm, ClientOutput, is_traced
 
 PyTree = Any
 ApplyFn = Callable[[PyTree, Any], Any]
@@ -122,13 +122,14 @@ def fedspeed(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
   if form not in FORMS:
     raise ValueError(f'FedSpeed form must be one of {FORMS}, got {form!r}.')
   server_model.check_population('FedSpeed', num_clients)
-  if not rho >= 0:
+  if not is_traced(rho) and not rho >= 0:
     raise ValueError(f'FedSpeed needs rho >= 0, got {rho}.')
-  if not prox_coef > 0:
+  if not is_traced(prox_coef) and not prox_coef > 0:
     raise ValueError(f'FedSpeed needs prox_coef > 0, got {prox_coef}.')
-  if not 0 <= alpha <= 1:
+  if not is_traced(alpha) and not 0 <= alpha <= 1:
     raise ValueError(f'FedSpeed needs 0 <= alpha <= 1, got {alpha}.')
-  if form == 'reference' and alpha != DEFAULT_ALPHA:
+  if (form == 'reference' and not is_traced(alpha)
+      and alpha != DEFAULT_ALPHA):
     raise ValueError(f"FedSpeed's alpha applies only to form='paper'; got "
                      f"alpha={alpha} with form='reference'.")
   paper = form == 'paper'

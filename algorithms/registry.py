@@ -28,7 +28,7 @@ from algorithms.scaffold import fedgamma
 from algorithms.scaffold import scaffold
 from algorithms.scaffold import scaffold_m
 from fedjax_core import optimizers
-from fedjax_core.algorithm import Algorithm
+from fedjax_core.algorithm import Algorithm, is_traced
 from fedjax_core.dp_sgd import DPSGDConfig
 from fedjax_core.local_sgd import LocalSGD
 
@@ -140,6 +140,9 @@ def _checked_hyperparameters(name: str, given: dict[str, Any]
     if isinstance(default, str) and not isinstance(value, str):
       raise ValueError(f'{name} hyperparameter {key} is a name (default '
                        f'{default!r}), got {value!r}.')
+    if isinstance(default, float) and is_traced(value):
+      checked[key] = value  # Varies along a run axis; checked per run.
+      continue
     if isinstance(default, float) and not isinstance(value, (int, float)):
       raise ValueError(f'{name} hyperparameter {key} is a number (default '
                        f'{default!r}), got {value!r}.')

@@ -37,7 +37,7 @@ from fedjax_core import local_sgd as local_sgd_lib
 from fedjax_core import losses
 from fedjax_core import server_model
 from fedjax_core import sharpness
-from fedjax_core.algorithm import Algorithm, ClientOutput
+from fedjax_core.algorithm import Algorithm, ClientOutput, is_traced
 
 PyTree = Any
 ApplyFn = Callable[[PyTree, Any], Any]
@@ -70,7 +70,7 @@ def _scaffold(grad_fn: sharpness.GradFn,
   """SCAFFOLD on `grad_fn`; with momentum `beta`, SCAFFOLD-M."""
   server_model.check_population('SCAFFOLD', num_clients)
   use_momentum = beta is not None
-  if use_momentum and not 0 < beta <= 1:
+  if use_momentum and not is_traced(beta) and not 0 < beta <= 1:
     raise ValueError(f'SCAFFOLD-M needs 0 < beta <= 1, got {beta}.')
 
   def server_init(params, rng):
@@ -179,7 +179,7 @@ def fedgamma(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
     >>> algorithm = fedgamma(model.apply, LocalSGD(0.1), optax.sgd(1.0),
     ...                      num_clients=100, rho=0.1)
   """
-  if not rho > 0:
+  if not is_traced(rho) and not rho > 0:
     raise ValueError(f'FedGamma needs rho > 0, got {rho}.')
   return _scaffold(sharpness.sam(losses.loss_and_grad(apply_fn), rho),
                    local_sgd, server_optimizer, num_clients, beta=None)

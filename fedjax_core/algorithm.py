@@ -116,3 +116,10 @@ class Algorithm(NamedTuple):
   server_update: Callable[[ServerState, PyTree, CohortInfo],
                           tuple[ServerState, Metrics]]
   server_params: Callable[[ServerState], Params]
+
+
+def is_traced(hyperparameter: Any) -> bool:
+  """Whether a hyperparameter is a tracer: it varies along the run axis of
+  `fedjax_core.VmappedRuns`, which checked each run's value when it built
+  that run's algorithm, so a factory skips its checks of the value."""
+  return isinstance(hyperparameter, jax.core.Tracer)

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedjax_core.algorithm import is_traced
+
 CLIENT_OPTIMIZERS = ('adam', 'momentum', 'sgd')
 SERVER_OPTIMIZERS = ('adagrad', 'adam', 'momentum', 'sgd', 'yogi')
 
@@ -77,7 +79,10 @@ def scale_by_fedopt_adaptive(variant: str, b1: float = 0.9, b2: float = 0.99,
 
 
 def check_learning_rate(role: str, learning_rate: float) -> None:
-  """Raises ValueError naming `--{role}_lr` unless it is a positive number."""
+  """Raises ValueError naming `--{role}_lr` unless it is a positive number
+  (or traced along a run axis: `algorithm.is_traced`)."""
+  if is_traced(learning_rate):
+    return
   if not (isinstance(learning_rate, (int, float))
           and math.isfinite(learning_rate) and learning_rate > 0):
     raise ValueError(f'--{role}_lr must be a positive number, got '
