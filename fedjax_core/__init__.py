@@ -4,6 +4,7 @@ from fedjax_core.aggregation import Aggregator
 from fedjax_core.aggregation import RobustAggregation
 from fedjax_core.aggregation import SecureAggregation
 from fedjax_core.algorithm import Algorithm
+from fedjax_core.algorithm import is_traced
 from fedjax_core.algorithm import Batch
 from fedjax_core.algorithm import ClientInfo
 from fedjax_core.algorithm import ClientOutput
@@ -36,6 +37,8 @@ from fedjax_core.simulation import TrainingDivergedError
 from fedjax_core.state_store import ClientStateStore
 from fedjax_core.uplink import Uplink
 from fedjax_core.uplink import with_uplink
+from fedjax_core.vmapped_runs import Run
+from fedjax_core.vmapped_runs import VmappedRuns
 
 __all__ = (
     'Aggregator',
@@ -57,15 +60,18 @@ __all__ = (
     'MetricsWriter',
     'RobustAggregation',
     'RoundInputs',
+    'Run',
     'SampleDPSettings',
     'SecureAggregation',
     'Simulation',
     'SimulationConfig',
     'TrainingDivergedError',
     'Uplink',
+    'VmappedRuns',
     'client_mesh',
     'client_num_steps',
     'cohort_batches',
+    'is_traced',
     'map_clients',
     'read_metrics',
     'reduce_sum',

@@ -87,15 +87,17 @@ class CompiledRound:
         local_training.client_update, algorithm, unroll=unroll,
         skip_empty_steps=skip_empty_steps, augment=augment)
     self._client_chunk = client_chunk
-    self._jitted = jax.jit(self._round, donate_argnums=(0, 1, 2))
+    self._jitted = jax.jit(self.body, donate_argnums=(0, 1, 2))
 
   def __call__(self, server_state, cohort_state, aggregator_state, train_x,
                train_y, inputs: RoundInputs, round_key):
     return self._jitted(server_state, cohort_state, aggregator_state, train_x,
                         train_y, inputs, round_key)
 
-  def _round(self, server_state, cohort_state, aggregator_state, train_x,
-             train_y, inputs: RoundInputs, round_key):
+  def body(self, server_state, cohort_state, aggregator_state, train_x,
+           train_y, inputs: RoundInputs, round_key):
+    """The round as a pure function, not jitted: for callers that
+    transform it further (`fedjax_core.VmappedRuns` vmaps it over runs)."""
     self.num_traces += 1
     attack = self._attack
     is_real = inputs.is_real > 0

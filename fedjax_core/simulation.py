@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -183,6 +183,26 @@ def resolve_local_loop(local_loop: str, apply_fn, params,
   return 'unroll' if 'conv_general_dilated' in str(jaxpr) else 'scan'
 
 
+class PreparedRound(NamedTuple):
+  """A round's host inputs, ready for the compiled round.
+
+  Attributes:
+    round_num: the round, from 0.
+    ids: the cohort's client ids, without padding.
+    inputs: the compiled round's inputs (host arrays, padded).
+    cohort_state: the padded cohort's client state (host arrays).
+    start: `time.perf_counter()` when the round's host work began.
+    secagg_setup_s: seconds of secure aggregation's host protocol, or None.
+  """
+
+  round_num: int
+  ids: np.ndarray
+  inputs: rounds.RoundInputs
+  cohort_state: PyTree
+  start: float
+  secagg_setup_s: float | None
+
+
 class Simulation:
   """A federated run of `algorithm` on `dataset`.
 
@@ -217,11 +237,11 @@ class Simulation:
     self.step_buckets = batching.step_buckets(
         self._client_steps, config.clients_per_round, config.size_buckets)
     self._algorithm = algorithm
-    self._mesh = placement.client_mesh() if mesh is None else mesh
-    self._cohort_sharding = placement.cohort_sharding(self._mesh)
-    replicated = placement.replicated_sharding(self._mesh)
+    self.mesh = placement.client_mesh() if mesh is None else mesh
+    self._cohort_sharding = placement.cohort_sharding(self.mesh)
+    replicated = placement.replicated_sharding(self.mesh)
 
-    init_key, server_key, self._rounds_key = jax.random.split(
+    init_key, server_key, self.rounds_key = jax.random.split(
         jax.random.key(config.seed), 3)
     params = model.init(init_key)
     self.local_loop = resolve_local_loop(config.local_loop, model.apply,
@@ -242,11 +262,11 @@ class Simulation:
     self.bytes_down = 4 * sum(
         np.size(x) for x in jax.tree.leaves(algorithm.server_params(
             self.server_state)))
-    uplink = self._uplink_settings()
-    if uplink is not None:
-      algorithm = uplink_lib.with_uplink(algorithm, uplink, template)
+    self._message_template = template
+    self._uplink = self._uplink_settings()
     self.store = ClientStateStore.replicate(
-        algorithm.client_state_init(params), dataset.num_clients)
+        self._with_uplink(algorithm).client_state_init(params),
+        dataset.num_clients)
     augment = None
     if config.augment:
       if len(dataset.example_shape) != 3:
@@ -290,7 +310,8 @@ class Simulation:
       robust = dataclasses.replace(
           robust, num_selected=config.clients_per_round
           - robust.num_byzantine)
-    aggregator = aggregation.Aggregator(self._secure, dp_config, robust)
+    self._aggregator = aggregation.Aggregator(self._secure, dp_config,
+                                              robust)
     # A client's upload without compression: the float32 message, or under
     # secure aggregation its masked words with the weight's (and adaptive
     # clipping's flag's) word.
@@ -299,17 +320,13 @@ class Simulation:
       adaptive = dp_config is not None and dp_config.adaptive
       words = self.message_bytes // 4 + 1 + int(adaptive)
       self._plain_bytes_up = math.ceil(words * self._secure.bits / 8)
-    aggregator_state = aggregator.init_state(template)
+    aggregator_state = self._aggregator.init_state(template)
     if config.downlink is not None:  # Clients start from the initial model.
       aggregator_state[downlink.BROADCAST_KEY] = jax.tree.map(
           jnp.copy, algorithm.server_params(self.server_state))
     self.aggregator_state = jax.device_put(aggregator_state, replicated)
-    self.round_fn = rounds.CompiledRound(
-        algorithm, unroll=self.local_loop == 'unroll',
-        skip_empty_steps=config.local_steps is None,
-        client_chunk=config.client_chunk, augment=augment,
-        aggregator=aggregator, attack=config.attack,
-        num_classes=dataset.num_classes, downlink=config.downlink)
+    self._augment = augment
+    self.round_fn = self.compiled_round(algorithm)
     self._evaluator = Evaluator(model.apply, dataset.test_x, dataset.test_y,
                                 config.eval_batch_size)
     self._local_evaluator = None
@@ -320,6 +337,24 @@ class Simulation:
     self.completed_rounds = 0
     self._consistent = True  # server state, store and round count agree.
     self.history: list[dict[str, Any]] = []
+
+  def compiled_round(self, algorithm: Algorithm) -> rounds.CompiledRound:
+    """This run's compiled round for `algorithm` (this run's, or the same
+    algorithm with other hyperparameters, as `VmappedRuns` builds it)."""
+    config = self.config
+    return rounds.CompiledRound(
+        self._with_uplink(algorithm), unroll=self.local_loop == 'unroll',
+        skip_empty_steps=config.local_steps is None,
+        client_chunk=config.client_chunk, augment=self._augment,
+        aggregator=self._aggregator, attack=config.attack,
+        num_classes=self.dataset.num_classes, downlink=config.downlink)
+
+  def _with_uplink(self, algorithm: Algorithm) -> Algorithm:
+    """`algorithm` sending through this run's uplink, if it has one."""
+    if self._uplink is None:
+      return algorithm
+    return uplink_lib.with_uplink(algorithm, self._uplink,
+                                  self._message_template)
 
   def _uplink_settings(self) -> uplink_lib.Uplink | None:
     """The uplink the clients send through: the configured compression,
@@ -380,7 +415,7 @@ class Simulation:
                                         self._client_steps[ids]),
         local_epochs=self._local_epochs,
         local_steps=self.config.local_steps)
-    pad = cohort - len(ids) + (-cohort % self._mesh.size)
+    pad = cohort - len(ids) + (-cohort % self.mesh.size)
     padded_ids = np.concatenate([ids, np.zeros(pad, ids.dtype)])
 
     def pad_rows(a):
@@ -406,39 +441,64 @@ class Simulation:
 
   def run_round(self) -> dict[str, float]:
     """Runs the next round and returns its metrics as host floats."""
+    prepared = self.prepare_round()
+    round_key = jax.random.fold_in(self.rounds_key, prepared.round_num)
+    self._consistent = False
+    server_state, cohort_state, aggregator_state, metrics = self.round_fn(
+        self.server_state,
+        jax.device_put(prepared.cohort_state, self._cohort_sharding),
+        self.aggregator_state, self._train_x, self._train_y,
+        jax.device_put(prepared.inputs, self._cohort_sharding), round_key)
+    epsilon = self.epsilon_after(prepared.round_num)  # While it runs.
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    cohort_rows = jax.tree.map(np.asarray, jax.device_get(cohort_state))
+    self.server_state = server_state
+    self.aggregator_state = aggregator_state
+    return self.finish_round(prepared, metrics, cohort_rows, epsilon)
+
+  def prepare_round(self) -> PreparedRound:
+    """The host's work before the next round's compiled round: its cohort,
+    batches, secure-aggregation setup and the cohort's client state."""
     start = time.perf_counter()
     round_num = self.completed_rounds
     ids, inputs = self._round_inputs(round_num)
+    secagg_setup_s = None
     if self._secure is not None:
       secagg_start = time.perf_counter()
       inputs = self._with_secagg(round_num, inputs)
       secagg_setup_s = time.perf_counter() - secagg_start
-    padding_fraction = 1.0 - float(inputs.mask.mean())
-    cohort_state = jax.device_put(self.store.gather(inputs.client_ids),
-                                  self._cohort_sharding)
-    round_key = jax.random.fold_in(self._rounds_key, round_num)
-    self._consistent = False
-    server_state, cohort_state, aggregator_state, metrics = self.round_fn(
-        self.server_state, cohort_state, self.aggregator_state, self._train_x,
-        self._train_y, jax.device_put(inputs, self._cohort_sharding),
-        round_key)
-    epsilon = None
-    if self.privacy is not None:  # Accounting on the host while it runs.
-      epsilon = self.privacy.epsilon(round_num + 1)
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    return PreparedRound(round_num, ids, inputs,
+                         self.store.gather(inputs.client_ids), start,
+                         secagg_setup_s)
+
+  def epsilon_after(self, round_num: int) -> float | None:
+    """The client-level DP epsilon spent once round `round_num` (from 0)
+    is done; None without client-level DP."""
+    if self.privacy is None:
+      return None
+    return self.privacy.epsilon(round_num + 1)
+
+  def finish_round(self, prepared: PreparedRound, metrics: dict[str, float],
+                   cohort_state: PyTree, epsilon: float | None
+                   ) -> dict[str, Any]:
+    """The host's work after the compiled round: checks the loss, stores the
+    cohort's new client state (host arrays, padding rows included) and
+    returns the round's record.
+
+    Raises:
+      TrainingDivergedError: the train loss is not finite.
+    """
+    round_num, ids, inputs = prepared.round_num, prepared.ids, prepared.inputs
     if not math.isfinite(metrics['train_loss']):
       raise TrainingDivergedError(
           f'Training diverged: the train loss is {metrics["train_loss"]} in '
           f'round {round_num + 1}. Lower --client_lr or --server_lr.',
           round_num + 1)
-    cohort_rows = jax.tree.map(lambda a: np.asarray(a)[:len(ids)],
-                               jax.device_get(cohort_state))
-    self.server_state = server_state
-    self.aggregator_state = aggregator_state
-    self.store.scatter(ids, cohort_rows)
+    self.store.scatter(ids, jax.tree.map(lambda a: a[:len(ids)],
+                                         cohort_state))
     self.completed_rounds += 1
     self._consistent = True
-    wall_s = time.perf_counter() - start
+    wall_s = time.perf_counter() - prepared.start
     metrics.setdefault('bytes_up', float(self._plain_bytes_up))
     metrics.setdefault('bytes_down', float(self.bytes_down))
     record = {'round': self.completed_rounds, **metrics,
@@ -447,19 +507,36 @@ class Simulation:
               'wall_s': wall_s,
               'examples_per_s': metrics['num_examples'] / wall_s,
               'local_steps': inputs.mask.shape[1],
-              'padding_fraction': padding_fraction}
+              'padding_fraction': 1.0 - float(inputs.mask.mean())}
     if inputs.secagg is not None:
       record.update(
-          secagg_setup_s=secagg_setup_s,
+          secagg_setup_s=prepared.secagg_setup_s,
           secagg_dropped=int(np.sum(inputs.is_real > 0)
                              - np.sum(inputs.secagg.arrived)))
     if epsilon is not None:
       record['epsilon'] = epsilon
     return record
 
+  def evaluation_due(self) -> bool:
+    """Whether the round just run is evaluated."""
+    return self._due(self.config.eval_every)
+
+  def checkpoint_due(self) -> bool:
+    """Whether the round just run is checkpointed."""
+    return self._due(self.config.checkpoint_every)
+
+  def complete_record(self, record: dict[str, Any]) -> None:
+    """Adds the evaluation (and the sample-level epsilon) to the record of
+    the round just run if one is due, and keeps it in `history`."""
+    if self.evaluation_due():
+      record.update(self.evaluate())
+      if self.sample_privacy is not None:
+        record['sample_epsilon'] = self.sample_privacy.epsilon(
+            self.completed_rounds)
+    self.history.append(record)
+
   def _due(self, every: int) -> bool:
-    last = self.completed_rounds == self.final_round
-    return last or (every > 0 and self.completed_rounds % every == 0)
+    return is_due(self.completed_rounds, self.final_round, every)
 
   def _restore(self, checkpointer: Checkpointer) -> None:
     completed = checkpointer.latest_round()
@@ -487,16 +564,11 @@ class Simulation:
     try:
       while self.completed_rounds < self.final_round:
         record = unwritten = self.run_round()
-        if self._due(self.config.eval_every):
-          record.update(self.evaluate())
-          if self.sample_privacy is not None:
-            record['sample_epsilon'] = self.sample_privacy.epsilon(
-                self.completed_rounds)
-        self.history.append(record)
+        self.complete_record(record)
         if writer:
           writer.write(record)
         unwritten = None
-        if checkpointer and self._due(self.config.checkpoint_every):
+        if checkpointer and self.checkpoint_due():
           checkpointer.save(self.completed_rounds, self.server_state,
                             self.store.stacked, self.aggregator_state)
           saved = self.completed_rounds
@@ -528,7 +600,7 @@ class Simulation:
     history = self.history
     if workdir:
       history = read_metrics(os.path.join(workdir, 'metrics.jsonl'))
-    summary = {**summarize(history), **self._privacy_summary()}
+    summary = {**summarize(history), **self.privacy_summary()}
     if not workdir:
       return summary
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
@@ -536,7 +608,7 @@ class Simulation:
     return summary
 
 
-  def _privacy_summary(self) -> dict[str, Any]:
+  def privacy_summary(self) -> dict[str, Any]:
     """The privacy a client-level DP run spent, and whether its budget cut
     it short."""
     if self.privacy is None:
@@ -551,6 +623,13 @@ class Simulation:
           f'{self.privacy.epsilon(self.final_round + 1):.4g} > '
           f'--dp_target_epsilon={self.privacy.settings.target_epsilon:g}')
     return summary
+
+
+def is_due(completed_rounds: int, final_round: int, every: int) -> bool:
+  """Whether the round that completes `completed_rounds` is evaluated (or
+  checkpointed) when that happens `every` rounds (0: only the last)."""
+  last = completed_rounds == final_round
+  return last or (every > 0 and completed_rounds % every == 0)
 
 
 def _postfix(record: dict[str, Any]) -> dict[str, str]:
