@@ -20,8 +20,10 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
+import numpy as np
 
 import algorithms
+import fedjax_core
 from fedjax_core import aggregation
 from fedjax_core import attacks
 from fedjax_core import compression
@@ -127,6 +129,15 @@ _PARTICIPATION = flags.DEFINE_enum(
     'fixed: --clients_per_round clients a round; bernoulli: each client '
     'takes part with probability clients_per_round / num_clients.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of everything random.')
+_NUM_SEEDS = flags.DEFINE_integer(
+    'num_seeds', 1, 'Runs seeds --seed, ..., --seed + S - 1 as one compiled '
+    'program (a leading run axis over every state); each seed K writes '
+    'WORKDIR/seed_K/. Each equals the single run of its seed.')
+_VMAPPED_HPARAM = flags.DEFINE_string(
+    'vmapped_hparam', None, 'NAME=V1:V2:... runs these values of one scalar '
+    'hyperparameter (client_lr, server_lr, or a number of --hparams, e.g. '
+    'rho or mu) in the same compiled program, times --num_seeds; each value '
+    'writes WORKDIR/NAME=V/seed_K/.')
 _EVAL_EVERY = flags.DEFINE_integer(
     'eval_every', 5, 'Evaluate every this many rounds (0: only at the end).')
 _CHECKPOINT_EVERY = flags.DEFINE_integer(
@@ -403,18 +414,48 @@ def _dp_sgd() -> dp_sgd.DPSGDConfig | None:
   return dp_sgd.DPSGDConfig(_DP_SGD_CLIP.value, _DP_SGD_NOISE.value)
 
 
-def _build(name: str, apply_fn, num_clients: int):
-  """Builds algorithm `name` from the flags."""
+def _build(name: str, apply_fn, num_clients: int,
+           overrides: dict | None = None):
+  """Builds algorithm `name` from the flags; `overrides` replaces the
+  client_lr, server_lr or algorithm hyperparameters they name (numbers, or
+  tracers of a run axis)."""
+  overrides = dict(overrides or {})
+  client_lr = overrides.pop('client_lr', _CLIENT_LR.value)
+  server_lr = overrides.pop('server_lr', _SERVER_LR.value)
   hparams = algorithms.hyperparameters_for(
       name, algorithms.parse_hyperparameters(_HPARAMS.value))
   return algorithms.build_algorithm(
       name, apply_fn, num_clients=num_clients,
-      client_optimizer=_CLIENT_OPTIMIZER.value, client_lr=_CLIENT_LR.value,
+      client_optimizer=_CLIENT_OPTIMIZER.value, client_lr=client_lr,
       client_lr_decay=_CLIENT_LR_DECAY.value,
       weight_decay=_WEIGHT_DECAY.value, max_grad_norm=_MAX_GRAD_NORM.value,
-      server_optimizer=_SERVER_OPTIMIZER.value, server_lr=_SERVER_LR.value,
+      server_optimizer=_SERVER_OPTIMIZER.value, server_lr=server_lr,
       server_momentum=_SERVER_MOMENTUM.value, weighted=_WEIGHTED.value,
-      hparams=hparams, dp_sgd=_dp_sgd())
+      hparams={**hparams, **overrides}, dp_sgd=_dp_sgd())
+
+
+def _vmapped_values(names: list[str]) -> tuple[str | None, list[float]]:
+  """--vmapped_hparam as (name, values); (None, [None]) without it."""
+  text = _VMAPPED_HPARAM.value
+  if not text:
+    return None, [None]
+  name, sep, listed = text.partition('=')
+  try:
+    values = [float(v) for v in listed.split(':')] if sep else []
+  except ValueError:
+    values = []
+  if not name or len(values) < 1:
+    raise ValueError(f'--vmapped_hparam={text} is not NAME=V1:V2:... '
+                     '(e.g. --vmapped_hparam=client_lr=0.01:0.03:0.1).')
+  for algorithm in names:
+    numbers = [k for k, v in algorithms.hyperparameters(algorithm).items()
+               if isinstance(v, float)]
+    if name not in ('client_lr', 'server_lr', *numbers):
+      raise ValueError(
+          f'--vmapped_hparam: {algorithm} has no scalar hyperparameter '
+          f'{name!r}; valid: {", ".join(["client_lr", "server_lr", *numbers])}'
+          '.')
+  return name, values
 
 
 def _check_hparam_targets(names: list[str]) -> None:
@@ -426,20 +467,23 @@ def _check_hparam_targets(names: list[str]) -> None:
                        f'is not in --algorithm={",".join(names)}.')
 
 
-def _run_one(name: str, dataset, model, workdir: str) -> dict:
-  """Trains algorithm `name` and returns its summary."""
-  algorithm = _build(name, model.apply, dataset.num_clients)
-  config = simulation.SimulationConfig(
+def _config(seed: int, workdir: str | None,
+            progress: bool) -> simulation.SimulationConfig:
+  return simulation.SimulationConfig(
       num_rounds=_NUM_ROUNDS.value, clients_per_round=_CLIENTS_PER_ROUND.value,
       batch_size=_BATCH_SIZE.value, local_epochs=_LOCAL_EPOCHS.value,
-      local_steps=_LOCAL_STEPS.value, seed=_SEED.value,
+      local_steps=_LOCAL_STEPS.value, seed=seed,
       eval_every=_EVAL_EVERY.value, checkpoint_every=_CHECKPOINT_EVERY.value,
       workdir=workdir, local_loop=_LOCAL_LOOP.value,
-      client_chunk=_CLIENT_CHUNK.value, progress=_PROGRESS.value,
+      client_chunk=_CLIENT_CHUNK.value, progress=progress,
       participation=_participation(), size_buckets=_SIZE_BUCKETS.value,
       augment=_AUGMENT.value, **_privacy_settings(),
       **_byzantine_settings())
-  sim = simulation.Simulation(algorithm, model, dataset, config)
+
+
+def _describe(name: str, sim: simulation.Simulation, workdir: str) -> None:
+  """Prints how `sim` runs: its buckets and loop, DP, attack and defense."""
+  config = sim.config
   buckets = ', '.join(str(b) for b in sim.step_buckets)
   print(f'{name}: local steps of batch {config.batch_size} padded to '
         f'{buckets}, loop={sim.local_loop}, workdir={workdir}')
@@ -451,10 +495,50 @@ def _run_one(name: str, dataset, model, workdir: str) -> dict:
           f'{_DP_DELTA.value:g}')
   if config.robust is not None or config.attack is not None:
     print(f'{name}: {_byzantine_line(config)}')
+
+
+def _run_one(name: str, dataset, model, workdir: str) -> dict:
+  """Trains algorithm `name` and returns its summary."""
+  algorithm = _build(name, model.apply, dataset.num_clients)
+  sim = simulation.Simulation(algorithm, model, dataset,
+                              _config(_SEED.value, workdir, _PROGRESS.value))
+  _describe(name, sim, workdir)
   summary = sim.run()
   if 'stopped_by_privacy_budget' in summary:
     print(f'{name}: {summary["stopped_by_privacy_budget"]}')
   return summary
+
+
+def _run_vmapped(name: str, datasets_by_seed: dict, model,
+                 workdir: str) -> dict[str, dict]:
+  """Trains algorithm `name` for every seed (and --vmapped_hparam value) in
+  one compiled program; returns each run's summary by its directory."""
+  hparam, values = _vmapped_values([name])
+  runs, labels = [], []
+  for value in values:
+    overrides = {} if hparam is None else {hparam: value}
+    for seed, dataset in datasets_by_seed.items():
+      label = os.path.join(*([] if hparam is None else [f'{hparam}={value:g}']),
+                           f'seed_{seed}')
+      run_dir = os.path.join(workdir, label)
+      _write_partition(run_dir, dataset)
+      sim = simulation.Simulation(
+          _build(name, model.apply, dataset.num_clients, overrides), model,
+          dataset, _config(seed, None, False))
+      runs.append(fedjax_core.Run(sim, run_dir, overrides))
+      labels.append(label)
+  _describe(name, runs[0].simulation, workdir)
+  print(f'{name}: {len(runs)} runs ({", ".join(labels)}) in one program')
+  group = fedjax_core.VmappedRuns(
+      runs, workdir=workdir, progress=_PROGRESS.value,
+      algorithm_for=lambda h: _build(name, model.apply,
+                                     runs[0].simulation.dataset.num_clients,
+                                     h))
+  summaries = dict(zip(labels, group.run()))
+  for label, summary in summaries.items():
+    if 'stopped_by_privacy_budget' in summary:
+      print(f'{name}/{label}: {summary["stopped_by_privacy_budget"]}')
+  return summaries
 
 
 def _write_partition(workdir: str, dataset) -> str:
@@ -479,20 +563,45 @@ def _write_partition(workdir: str, dataset) -> str:
           f'{workdir}/partition.png')
 
 
+def _load_dataset(seed: int):
+  return datasets.load_dataset(
+      _DATASET.value, num_clients=_NUM_CLIENTS.value, seed=seed,
+      partition=_PARTITION.value, dirichlet_alpha=_DIRICHLET_ALPHA.value,
+      classes_per_client=_CLASSES_PER_CLIENT.value,
+      size_sigma=_SIZE_SIGMA.value,
+      local_test_fraction=_LOCAL_TEST_FRACTION.value,
+      data_dir=_DATA_DIR.value, synthetic_alpha=_SYNTHETIC_ALPHA.value,
+      synthetic_beta=_SYNTHETIC_BETA.value)
+
+
+def _seed_means(summaries: dict[str, dict]) -> list[str]:
+  """`NAME: final test accuracy MEAN +- STD over S seeds` for each group of
+  runs that differ only in seed (std with ddof=1)."""
+  groups = {}
+  for name, summary in summaries.items():
+    group, sep, seed = name.rpartition('/seed_')
+    if sep and 'final_test_accuracy' in summary:
+      groups.setdefault(group, []).append(summary['final_test_accuracy'])
+  return [f'{group}: final test accuracy {np.mean(accs):.4f} +- '
+          f'{np.std(accs, ddof=1):.4f} over {len(accs)} seeds'
+          for group, accs in groups.items() if len(accs) > 1]
+
+
 def format_table(summaries: dict[str, dict]) -> str:
   """A plain-text table of each algorithm's accuracy and time (and the
   epsilon spent, under DP); a run that diverged shows where instead."""
   private = any('epsilon' in s for s in summaries.values())
-  header = (f'{"algorithm":<12} {"final acc":>9} {"best acc":>9} '
+  width = max([12, *map(len, summaries)])
+  header = (f'{"algorithm":<{width}} {"final acc":>9} {"best acc":>9} '
             f'{"best round":>10} {"train loss":>10} {"round s":>8}'
             + (f' {"epsilon":>8}' if private else ''))
   lines = [header, '-' * len(header)]
   for name, s in summaries.items():
     if 'diverged' in s:
-      lines.append(f'{name:<12} {s["diverged"]}')
+      lines.append(f'{name:<{width}} {s["diverged"]}')
       continue
     lines.append(
-        f'{name:<12} {s["final_test_accuracy"]:>9.4f} '
+        f'{name:<{width}} {s["final_test_accuracy"]:>9.4f} '
         f'{s["best_test_accuracy"]:>9.4f} {s["best_round"]:>10d} '
         f'{s["final_train_loss"]:>10.4f} {s["wall_s"]:>8.1f}'
         + (f' {s["epsilon"]:>8.3g}' if private else ''))
@@ -513,24 +622,33 @@ def main(argv):
   try:
     _check_hparam_targets(names)
     _check_flag_groups()
-    dataset = datasets.load_dataset(
-        _DATASET.value, num_clients=_NUM_CLIENTS.value, seed=_SEED.value,
-        partition=_PARTITION.value, dirichlet_alpha=_DIRICHLET_ALPHA.value,
-        classes_per_client=_CLASSES_PER_CLIENT.value,
-        size_sigma=_SIZE_SIGMA.value,
-        local_test_fraction=_LOCAL_TEST_FRACTION.value,
-        data_dir=_DATA_DIR.value, synthetic_alpha=_SYNTHETIC_ALPHA.value,
-        synthetic_beta=_SYNTHETIC_BETA.value)
+    if _NUM_SEEDS.value < 1:
+      raise ValueError(f'--num_seeds must be positive, got '
+                       f'{_NUM_SEEDS.value}.')
+    vmapped = _NUM_SEEDS.value > 1 or bool(_VMAPPED_HPARAM.value)
+    _vmapped_values(names)
+    datasets_by_seed = {
+        seed: _load_dataset(seed)
+        for seed in range(_SEED.value, _SEED.value + _NUM_SEEDS.value)}
+    dataset = datasets_by_seed[_SEED.value]
     model = models.get_model(_MODEL.value, dataset.example_shape,
                              dataset.num_classes)
     for name in names:  # Rejects bad names and settings before any training.
       _build(name, model.apply, dataset.num_clients)
     print(f'{dataset.name}: {len(dataset.train_y)} train / '
           f'{len(dataset.test_y)} test examples; model {_MODEL.value}')
-    print(_write_partition(workdir, dataset))
+    if not vmapped:
+      print(_write_partition(workdir, dataset))
     summaries, failures = {}, []
     for name in names:
       run_dir = os.path.join(workdir, name) if len(names) > 1 else workdir
+      if vmapped:
+        runs = _run_vmapped(name, datasets_by_seed, model, run_dir)
+        for label, summary in runs.items():
+          summaries[f'{name}/{label}'] = summary
+          if 'diverged' in summary:
+            failures.append(f'{name}/{label}: {summary["diverged"]}')
+        continue
       try:
         summaries[name] = _run_one(name, dataset, model, run_dir)
       except simulation.TrainingDivergedError as e:
@@ -544,6 +662,8 @@ def main(argv):
     sys.exit(130)  # The simulation has said where its progress is saved.
   print()
   print(format_table(summaries))
+  for line in _seed_means(summaries):
+    print(line)
   print(f'\nMetrics and checkpoints: {workdir}')
   if failures:
     sys.exit('error: ' + '\n'.join(failures))

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import algorithms
@@ -96,6 +97,10 @@ def test_compares_algorithms_and_resumes(tmp_path):
      '--aggregator=secure'),
     ('--compress_down', '--compress_down has no effect without '
      '--compressor'),
+    ('--num_seeds=0', '--num_seeds must be positive, got 0'),
+    ('--vmapped_hparam=client_lr', 'is not NAME=V1:V2:...'),
+    ('--vmapped_hparam=mu=0.1:1', "fedavg has no scalar hyperparameter "
+     "'mu'; valid: client_lr, server_lr"),
 ])
 def test_bad_input_is_a_clear_error(tmp_path, flag, message):
   result = _train(*SMALL, *flag.split(), f'--workdir={tmp_path}',
@@ -209,3 +214,46 @@ def test_robust_aggregation_under_attack_with_compression(tmp_path):
              for r in records)
   assert all(r['compression_ratio'] == 4 * 650 / qsgd_bytes for r in records)
   assert all(0 <= r['test_accuracy'] <= 1 for r in records)
+
+
+def _records(path):
+  """A metrics file's records without the host timings."""
+  with open(path) as f:
+    return [{k: v for k, v in json.loads(line).items()
+             if k not in ('wall_s', 'examples_per_s')} for line in f]
+
+
+def test_num_seeds_runs_each_seed_as_its_single_run(tmp_path):
+  both = _train(*SMALL, '--algorithm=fedprox', '--seed=3', '--num_seeds=2',
+                f'--workdir={tmp_path / "both"}')
+  assert both.returncode == 0, both.stderr
+  one = _train(*SMALL, '--algorithm=fedprox', '--seed=4',
+               f'--workdir={tmp_path / "one"}')
+  assert one.returncode == 0, one.stderr
+  assert _records(tmp_path / 'both' / 'seed_4' / 'metrics.jsonl') \
+      == _records(tmp_path / 'one' / 'metrics.jsonl')
+  accuracies = []
+  for seed in (3, 4):
+    run = tmp_path / 'both' / f'seed_{seed}'
+    assert os.path.exists(run / 'partition.json')
+    with open(run / 'summary.json') as f:
+      accuracies.append(json.load(f)['final_test_accuracy'])
+    assert f'fedprox/seed_{seed} ' in both.stdout
+  mean, std = np.mean(accuracies), np.std(accuracies, ddof=1)
+  assert (f'fedprox: final test accuracy {mean:.4f} +- {std:.4f} over 2 '
+          'seeds') in both.stdout
+
+
+def test_vmapped_learning_rates_write_a_directory_per_value(tmp_path):
+  result = _train(*SMALL, '--algorithm=fedavg',
+                  '--vmapped_hparam=client_lr=0.01:0.2',
+                  f'--workdir={tmp_path}')
+  assert result.returncode == 0, result.stderr
+  losses = []
+  for value in ('0.01', '0.2'):
+    with open(tmp_path / f'client_lr={value}' / 'seed_0' / 'summary.json') \
+        as f:
+      summary = json.load(f)
+    assert summary['client_lr'] == float(value)
+    losses.append(summary['final_train_loss'])
+  assert losses[0] != losses[1]
