@@ -80,11 +80,13 @@ def _assert_equal_runs(single, group, k, exact=True):
 
 
 def test_two_seeds_equal_their_single_runs_in_one_compile(datasets):
-  singles = [_simulation(datasets[s], s) for s in (0, 1)]
+  # Augmentation draws from each round's key, so the keys must match too.
+  singles = [_simulation(datasets[s], s, augment=True) for s in (0, 1)]
   for single in singles:
     single.run()
-  group = VmappedRuns([Run(_simulation(datasets[s], s)) for s in (0, 1)],
-                      progress=False)
+  group = VmappedRuns(
+      [Run(_simulation(datasets[s], s, augment=True)) for s in (0, 1)],
+      progress=False)
   summaries = group.run()
   # The seeds' clients differ in size, so the runs padded their local steps
   # to different counts; the group pads both to the larger.
