@@ -42,20 +42,31 @@ population. It also reports the padding waste (share of masked example
 slots) with 1 and with 4 local-step size buckets, and the time of every
 partition scheme at 100,000 clients.
 
+Workload `sweep`: 8 seeds of FedAvg with logistic regression on
+Synthetic(1, 1) (30 clients, 10 a round, 20 local steps of batch 10, 200
+rounds), as `python -m scripts.train --num_seeds=8` (one compiled program)
+and as 8 runs of `python -m scripts.train --seed=K` one after another, each
+timed as a whole process (start-up and compiles included), in two
+interleaved cycles. It reports the medians, ratio_vmapped_vs_sequential, and
+the largest difference between a seed's final test accuracy in the two.
+
 Examples:
   python -m scripts.benchmark --workload=mlp
   python -m scripts.benchmark --workload=fedspeed
   python -m scripts.benchmark --workload=cohort_assembly
   python -m scripts.benchmark --workload=privacy
   python -m scripts.benchmark --workload=robustness
+  python -m scripts.benchmark --workload=sweep --json
   python -m scripts.benchmark --workload=mlp --local_loop=scan --json
 """
 
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Callable
 
@@ -78,7 +89,8 @@ from fedjax_core import simulation
 from fedjax_core import uplink
 import models
 
-WORKLOADS = ('mlp', 'fedspeed', 'privacy', 'robustness', 'cohort_assembly')
+WORKLOADS = ('mlp', 'fedspeed', 'privacy', 'robustness', 'cohort_assembly',
+             'sweep')
 
 _WORKLOAD = flags.DEFINE_enum('workload', 'mlp', WORKLOADS, 'What to run.')
 _ROUNDS = flags.DEFINE_integer('rounds', 7, 'Timed rounds after warm-up.')
@@ -102,6 +114,13 @@ _OUTPUT = flags.DEFINE_string(
 # Workload `cohort_assembly`.
 _POPULATIONS = (1_000, 10_000, 100_000)
 _EXAMPLES_PER_CLIENT, _ASSEMBLY_COHORT, _ASSEMBLY_BATCH = 20, 100, 10
+
+# Workload `sweep`: FedAvg with logistic regression on Synthetic(1, 1).
+_SWEEP_FLAGS = ('--algorithm=fedavg', '--dataset=synthetic', '--model=logreg',
+                '--num_clients=30', '--clients_per_round=10',
+                '--local_steps=20', '--batch_size=10', '--num_rounds=200',
+                '--progress=false')
+_SWEEP_SEEDS, _SWEEP_CYCLES = 8, 2
 
 # Workload `mlp`.
 _COHORT, _STEPS, _BATCH, _DIM, _CLASSES = 10, 50, 10, 784, 10
@@ -393,13 +412,7 @@ def _partition_seconds(population: int) -> dict[str, float]:
 
 
 def benchmark_cohort_assembly() -> dict:
-  """Workload `robustness`: the `mlp` workload's FedAvg aggregated by the plain
-mean, by every robust rule (f = 2 of the 10 clients) and by the mean after
-nearest-neighbour mixing, and with each compressor, rounds interleaved; it
-reports each round time as a ratio to the plain one
-(ratio_median_vs_plain, ratio_topk_vs_plain, ...).
-
-Workload `cohort_assembly`: host-side round preparation time against
+  """Workload `cohort_assembly`: host-side round preparation time against
   the population size."""
   result = {'workload': 'cohort_assembly'}
   for population in _POPULATIONS:
@@ -429,6 +442,47 @@ Workload `cohort_assembly`: host-side round preparation time against
   return result
 
 
+def _train_seconds(workdir: str, *flags: str) -> float:
+  """Wall seconds of `python -m scripts.train` as a user launches it."""
+  start = time.perf_counter()
+  subprocess.run([sys.executable, '-m', 'scripts.train', *_SWEEP_FLAGS,
+                  f'--workdir={workdir}', *flags], check=True,
+                 stdout=subprocess.DEVNULL)
+  return time.perf_counter() - start
+
+
+def _final_accuracy(run_dir: str) -> float:
+  with open(os.path.join(run_dir, 'summary.json')) as f:
+    return json.load(f)['final_test_accuracy']
+
+
+def benchmark_sweep() -> dict:
+  """Workload `sweep`: 8 seeds in one program against 8 runs one after
+  another, whole processes timed (start-up and compile included)."""
+  result = {'workload': 'sweep', 'seeds': _SWEEP_SEEDS}
+  vmapped, sequential, differences = [], [], []
+  for cycle in range(_SWEEP_CYCLES):  # Interleaved: the machine is shared.
+    with tempfile.TemporaryDirectory() as workdir:
+      vmapped.append(_train_seconds(os.path.join(workdir, 'vmapped'),
+                                    f'--num_seeds={_SWEEP_SEEDS}'))
+      sequential.append(sum(
+          _train_seconds(os.path.join(workdir, f'seed_{seed}'),
+                         f'--seed={seed}') for seed in range(_SWEEP_SEEDS)))
+      differences.extend(
+          abs(_final_accuracy(os.path.join(workdir, 'vmapped',
+                                           f'seed_{seed}'))
+              - _final_accuracy(os.path.join(workdir, f'seed_{seed}')))
+          for seed in range(_SWEEP_SEEDS))
+    result[f'ratio_cycle_{cycle}'] = vmapped[-1] / sequential[-1]
+  result.update(
+      vmapped_s=statistics.median(vmapped),
+      sequential_s=statistics.median(sequential),
+      max_final_accuracy_difference=max(differences))
+  result['ratio_vmapped_vs_sequential'] = (result['vmapped_s']
+                                           / result['sequential_s'])
+  return result
+
+
 def main(argv):
   del argv
   placement.use_cpu_device_per_core(_CPU_DEVICES.value)
@@ -441,7 +495,8 @@ def main(argv):
             'fedspeed': benchmark_fedspeed,
             'privacy': benchmark_privacy,
             'robustness': benchmark_robustness,
-            'cohort_assembly': benchmark_cohort_assembly}[_WORKLOAD.value]()
+            'cohort_assembly': benchmark_cohort_assembly,
+            'sweep': benchmark_sweep}[_WORKLOAD.value]()
   for key, value in result.items():
     print(f'{key:>24}: {value:.4g}' if isinstance(value, float)
           else f'{key:>24}: {value}')
