@@ -181,7 +181,12 @@ class VmappedRuns:
          for name in sorted(names)}, self._replicated)
     self._rounds_keys = jax.device_put(
         jnp.stack([s.rounds_key for s in self._sims]), self._replicated)
-    self._load_states()
+    # The runs' server and aggregator states, stacked on the run axis.
+    self.server_state, self.aggregator_state = (
+        jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *states),
+                       self._replicated)
+        for states in ([s.server_state for s in self._sims],
+                       [s.aggregator_state for s in self._sims]))
     self._jitted = jax.jit(
         jax.vmap(self._one_run, in_axes=(0, 0, 0, 0, x_axis, y_axis, 0, 0,
                                          None)),
@@ -190,14 +195,6 @@ class VmappedRuns:
   @property
   def completed_rounds(self) -> int:
     return self._sims[0].completed_rounds
-
-  def _load_states(self) -> None:
-    """Stacks the runs' server and aggregator states (as the runs hold
-    them) on the run axis."""
-    self.server_state = jax.device_put(
-        _stack([s.server_state for s in self._sims]), self._replicated)
-    self.aggregator_state = jax.device_put(
-        _stack([s.aggregator_state for s in self._sims]), self._replicated)
 
   def _one_run(self, hparams, server_state, cohort_state, aggregator_state,
                train_x, train_y, inputs, rounds_key, round_num):
