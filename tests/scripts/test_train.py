@@ -52,7 +52,7 @@ def test_compares_algorithms_and_resumes(tmp_path):
       .split('\n')[:4] == table.split('\n')[:4]
 
 
-@pytest.mark.parametrize('flag, message', [
+BAD_INPUT = [
     ('--algorithm=fedfoo', "Unknown algorithm 'fedfoo'; valid algorithms:"),
     ('--dataset=imagenet', 'value should be one of <digits|synthetic|mnist'),
     ('--dataset=cifar10', 'tfds build cifar10 --data_dir=DIR'),
@@ -101,13 +101,33 @@ def test_compares_algorithms_and_resumes(tmp_path):
     ('--vmapped_hparam=client_lr', 'is not NAME=V1:V2:...'),
     ('--vmapped_hparam=mu=0.1:1', "fedavg has no scalar hyperparameter "
      "'mu'; valid: client_lr, server_lr"),
-])
-def test_bad_input_is_a_clear_error(tmp_path, flag, message):
-  result = _train(*SMALL, *flag.split(), f'--workdir={tmp_path}',
-                  f'--data_dir={tmp_path / "tfds"}')
-  assert result.returncode != 0
-  assert message in result.stderr
-  assert 'Traceback' not in result.stderr
+]
+
+
+@pytest.fixture(scope='module')
+def bad_input_outcomes(tmp_path_factory):
+  """What train's main did on each BAD_INPUT flag set, all in one process
+  (tests/scripts/train_main_driver.py): a subprocess each took about 5 s,
+  most of it importing jax."""
+  root = tmp_path_factory.mktemp('bad_input')
+  cases = [[*SMALL, *flag.split(), f'--workdir={root / str(k)}',
+            f'--data_dir={root / "tfds"}']
+           for k, (flag, _) in enumerate(BAD_INPUT)]
+  result = subprocess.run(
+      [sys.executable, os.path.join(os.path.dirname(__file__),
+                                    'train_main_driver.py'),
+       json.dumps(cases)], cwd=REPO, env={**os.environ, 'PYTHONPATH': REPO},
+      capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr
+  outcomes = json.loads(result.stdout.strip().splitlines()[-1])
+  return {flag: outcome for (flag, _), outcome in zip(BAD_INPUT, outcomes)}
+
+
+@pytest.mark.parametrize('flag, message', BAD_INPUT)
+def test_bad_input_is_a_clear_error(bad_input_outcomes, flag, message):
+  outcome = bad_input_outcomes[flag]
+  assert 'traceback' not in outcome, outcome.get('traceback')
+  assert outcome['exit'] is not None and message in outcome['exit']
 
 
 def test_every_algorithm_runs_from_the_command_line(tmp_path):
