@@ -4,13 +4,17 @@ With no flags it runs the quickstart: FedAvg against FedAdam on scikit-learn's
 digits split over 20 clients by Dirichlet(0.5) label skew, then prints an
 accuracy table. `--algorithm` takes one name or a comma-separated list; with
 a list each algorithm gets its own `WORKDIR/NAME/` and the table compares
-them. Re-run with the same `--workdir` to resume from the last checkpoint.
+them. `--num_seeds` (and `--vmapped_hparam`) run several seeds (and values)
+of each algorithm as one compiled program, each in `WORKDIR/[NAME/]seed_K/`.
+Re-run with the same `--workdir` to resume from the last checkpoint.
 
 Examples:
   python -m scripts.train
   python -m scripts.train --algorithm=fedyogi --dataset=synthetic \
       --model=logreg --local_steps=20 --num_rounds=200 --workdir=/tmp/run
   python -m scripts.train --flagfile=my_run.flags
+  python -m scripts.train --algorithm=fedsam --num_seeds=4 \
+      --vmapped_hparam=rho=0.01:0.05:0.1 --workdir=/tmp/rho
 """
 
 import os
@@ -579,7 +583,7 @@ def _seed_means(summaries: dict[str, dict]) -> list[str]:
   runs that differ only in seed (std with ddof=1)."""
   groups = {}
   for name, summary in summaries.items():
-    group, sep, seed = name.rpartition('/seed_')
+    group, sep, _ = name.rpartition('/seed_')
     if sep and 'final_test_accuracy' in summary:
       groups.setdefault(group, []).append(summary['final_test_accuracy'])
   return [f'{group}: final test accuracy {np.mean(accs):.4f} +- '
