@@ -27,7 +27,7 @@ import os
 from typing import Any, Iterable, Sequence
 
 SEED = 'seed'
-RESERVED_FLAGS = ('workdir', 'num_seeds')
+RESERVED_FLAGS = ('workdir', 'num_seeds', 'vmapped_hparam')
 _TOP_LEVEL_KEYS = ('base', 'grid')
 _HASH_CHARS = 12
 _SCALARS = (bool, int, float, str)
@@ -173,8 +173,9 @@ def _check_name(name: Any, where: str) -> None:
                      f'"client_lr".')
   if name in RESERVED_FLAGS:
     raise ValueError(f'{where} sets "{name}", which the sweep owns (it '
-                     f'chooses each run\'s --workdir and --num_seeds); drop '
-                     f'it and pass the sweep\'s --workdir instead.')
+                     f'chooses each run\'s --workdir and --num_seeds, and '
+                     f'keeps one directory per configuration); drop it: give '
+                     f'the sweep\'s --workdir, and list values in the grid.')
 
 
 def _check_value(name: str, value: Any, where: str) -> None:

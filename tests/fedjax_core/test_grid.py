@@ -98,6 +98,8 @@ def test_base_and_grid_merge_in_key_order():
      'owns'),
     ({'grid': {'num_seeds': [2]}}, 'grid sets "num_seeds", which the sweep '
      'owns'),
+    ({'base': {'vmapped_hparam': 'client_lr=0.1:0.2'}}, 'base sets '
+     '"vmapped_hparam", which the sweep owns'),
     ({'grid': {'seed': [0, -1]}}, 'grid seed -1 is not a non-negative'),
     ({'base': {'seed': 1.5}}, 'base seed 1.5 is not a non-negative'),
     ({'base': {'server_lr': None}}, 'leave the flag out'),
