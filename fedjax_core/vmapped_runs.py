@@ -35,6 +35,8 @@ from fedjax_core.state_store import ClientStateStore
 PyTree = Any
 # The runs of a workdir, checked on resume.
 RUNS_FILE = 'runs.json'
+# In a run's directory once it has diverged: its round and message.
+DIVERGED_FILE = 'diverged.json'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,6 +267,10 @@ class VmappedRuns:
       self.diverged[k] = e
       sim.completed_rounds += 1
       print(f'\n{self._name(k)}: {e}', file=sys.stderr)
+      if self.runs[k].workdir:  # A resumed group must know it too.
+        with open(os.path.join(self.runs[k].workdir, DIVERGED_FILE),
+                  'w') as f:
+          json.dump({'round': e.round_num, 'message': str(e)}, f)
       return None
 
   def _evaluate(self, records, host_state) -> None:
@@ -316,6 +322,13 @@ class VmappedRuns:
       rows = jax.tree.map(lambda a: np.array(a[k]), stacked)
       sim.store = ClientStateStore(rows, sim.dataset.num_clients)
       sim.completed_rounds = completed
+      path = os.path.join(self.runs[k].workdir or '', DIVERGED_FILE)
+      if self.runs[k].workdir and os.path.exists(path):
+        with open(path) as f:
+          diverged = json.load(f)
+        if diverged['round'] <= completed:  # Else it diverges again.
+          self.diverged[k] = TrainingDivergedError(diverged['message'],
+                                                   diverged['round'])
 
   def run(self) -> list[dict[str, Any]]:
     """Runs (or resumes) every run; returns their summaries in order. A run

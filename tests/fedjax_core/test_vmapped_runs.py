@@ -61,12 +61,16 @@ def _without_timings(records):
 def _assert_equal_runs(single, group, k, exact=True):
   """Run k of `group` holds what the finished single run holds: exactly,
   or where a hyperparameter became a traced array instead of a constant
-  the compiler folds, to float32 rounding."""
+  the compiler folds, to float32 rounding. The group's records are its
+  metrics file's if it has one (a resumed run's history is partial)."""
   pairs = [(_flat(_run_state(group, k)), _flat(single.server_state)),
            (_flat(group.runs[k].simulation.store.stacked),
             _flat(single.store.stacked))]
-  records = [_without_timings(group.runs[k].simulation.history),
-             _without_timings(single.history)]
+  history = group.runs[k].simulation.history
+  if group.runs[k].workdir:
+    history = read_metrics(os.path.join(group.runs[k].workdir,
+                                        'metrics.jsonl'))
+  records = [_without_timings(history), _without_timings(single.history)]
   if exact:
     for got, want in pairs:
       np.testing.assert_array_equal(got, want)
@@ -176,7 +180,8 @@ def test_interrupted_group_resumes_bit_identically(datasets, tmp_path):
     _group(datasets, workdir, seeds=(1, 0)).run()
 
 
-def test_a_diverging_run_stops_alone(datasets, capsys):
+def test_a_diverging_run_stops_alone_and_stays_stopped_on_resume(
+    datasets, capsys, tmp_path):
   dataset = datasets[0]
   values = (0.05, 1e37)  # The second overflows in round 1.
 
@@ -185,18 +190,33 @@ def test_a_diverging_run_stops_alone(datasets, capsys):
         'fedavg', _model(dataset).apply, num_clients=dataset.num_clients,
         client_lr=traced['client_lr'])
 
-  group = VmappedRuns(
-      [Run(_simulation(dataset, 0, 'fedavg', client_lr=v),
-           hparams={'client_lr': v}) for v in values],
-      algorithm_for=algorithm_for, progress=False)
-  summaries = group.run()
+  def group():
+    return VmappedRuns(
+        [Run(_simulation(dataset, 0, 'fedavg', client_lr=v),
+             workdir=str(tmp_path / f'lr{k}'), hparams={'client_lr': v})
+         for k, v in enumerate(values)],
+        algorithm_for=algorithm_for, workdir=str(tmp_path), progress=False)
+
+  first = group()
+  run_round = first.run_round
+
+  def interrupted():
+    if first.completed_rounds == 2:
+      raise KeyboardInterrupt
+    return run_round()
+
+  first.run_round = interrupted
+  with pytest.raises(KeyboardInterrupt):
+    first.run()
+  assert 'Training diverged' in capsys.readouterr().err
+  again = group()
+  summaries = again.run()
   assert summaries[1]['diverged'] == 'diverged (round 1)'
   assert summaries[1]['rounds'] == 0
-  assert 'Training diverged' in capsys.readouterr().err
   assert 'diverged' not in summaries[0]
   single = _simulation(dataset, 0, 'fedavg', client_lr=values[0])
   single.run()
-  _assert_equal_runs(single, group, 0, exact=False)
+  _assert_equal_runs(single, again, 0, exact=False)
 
 
 def test_runs_that_cannot_share_a_program_are_refused(datasets, tmp_path):
