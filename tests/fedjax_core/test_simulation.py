@@ -16,6 +16,7 @@ from fedjax_core.simulation import resolve_local_loop
 from fedjax_core import Checkpointer, read_metrics, sample_clients
 from fedjax_core import sampling
 from fedjax_core.datasets import load_dataset
+from interruptions import fail_at_round
 import models
 
 NUM_ROUNDS = 6
@@ -47,18 +48,6 @@ def _params(sim):
 
 def _flat_params(sim):
   return np.asarray(ravel_pytree(sim.server_state.params)[0])
-
-
-def _fail_at_round(sim, round_to_fail, error):
-  """Makes `sim.run_round` raise `error` when that round would start."""
-  run_round = sim.run_round
-
-  def failing():
-    if sim.completed_rounds + 1 == round_to_fail:
-      raise error
-    return run_round()
-
-  sim.run_round = failing
 
 
 def test_round_is_traced_once_per_run_with_one_bucket(dataset):
@@ -183,7 +172,7 @@ def test_resumed_run_is_bit_identical(dataset, tmp_path, uninterrupted,
   want_params, want_metrics, want_summary = uninterrupted
   workdir = str(tmp_path)
   first = _simulation(dataset, workdir)
-  _fail_at_round(first, 4, error)
+  fail_at_round(first, 4, error)
   with pytest.raises(type(error)):
     first.run()
   assert Checkpointer(os.path.join(workdir, 'checkpoints')).latest_round() \

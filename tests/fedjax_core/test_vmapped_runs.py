@@ -15,6 +15,7 @@ import algorithms
 from fedjax_core import Run, Simulation, SimulationConfig, VmappedRuns
 from fedjax_core import Checkpointer, read_metrics
 from fedjax_core.datasets import load_dataset
+from interruptions import fail_at_round
 import models
 
 CONFIG = SimulationConfig(num_rounds=3, clients_per_round=3, batch_size=16,
@@ -153,14 +154,7 @@ def test_interrupted_group_resumes_bit_identically(datasets, tmp_path):
 
   workdir = str(tmp_path / 'resumed')
   first = _group(datasets, workdir)
-  run_round = first.run_round
-
-  def interrupted():
-    if first.completed_rounds == 2:
-      raise KeyboardInterrupt
-    return run_round()
-
-  first.run_round = interrupted
+  fail_at_round(first, 3, KeyboardInterrupt)
   with pytest.raises(KeyboardInterrupt):
     first.run()
   assert Checkpointer(os.path.join(workdir, 'checkpoints')).latest_round() \
@@ -198,14 +192,7 @@ def test_a_diverging_run_stops_alone_and_stays_stopped_on_resume(
         algorithm_for=algorithm_for, workdir=str(tmp_path), progress=False)
 
   first = group()
-  run_round = first.run_round
-
-  def interrupted():
-    if first.completed_rounds == 2:
-      raise KeyboardInterrupt
-    return run_round()
-
-  first.run_round = interrupted
+  fail_at_round(first, 3, KeyboardInterrupt)
   with pytest.raises(KeyboardInterrupt):
     first.run()
   assert 'Training diverged' in capsys.readouterr().err
