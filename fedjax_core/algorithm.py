@@ -24,6 +24,7 @@ Algorithms that need a sum over the cohort rather than a mean (SCAFFOLD's
 
 from typing import Any, Callable, NamedTuple
 
+import flax.struct
 import jax
 
 PyTree = Any
@@ -102,8 +103,18 @@ class Algorithm(NamedTuple):
       ClientOutput`.
     server_update: `(server_state, aggregated_message, cohort_info) ->
       (server_state, metrics)`.
-    server_params: `(server_state) -> params` of the global model to
-      evaluate.
+    server_params: `(server_state) -> params` of the global model: what
+      the server broadcasts each round (downlink compression and
+      `bytes_down` act on it) and, unless `full_params` is given, what is
+      evaluated.
+    full_params: `(server_state) -> params` of the whole model to evaluate
+      when `server_params` is only its trained part (a frozen base plus
+      adapters); None evaluates `server_params`.
+    cohort_metrics: `(server_state, messages, weights) -> metrics` of the
+      cohort's stacked messages (leading axis = cohort; weight 0 for clients
+      absent or padding) that the mean hides, such as FedLoRA's aggregation
+      error; None adds none. A simulator's diagnostic: it sees individual
+      messages even where secure aggregation would hide them.
   """
 
   server_init: Callable[[Params, jax.Array], ServerState]
@@ -116,6 +127,26 @@ class Algorithm(NamedTuple):
   server_update: Callable[[ServerState, PyTree, CohortInfo],
                           tuple[ServerState, Metrics]]
   server_params: Callable[[ServerState], Params]
+  full_params: Callable[[ServerState], Params] | None = None
+  cohort_metrics: Callable[[ServerState, PyTree, jax.Array],
+                           Metrics] | None = None
+
+  def evaluated_params(self, server_state: ServerState) -> Params:
+    """The params of the model to evaluate."""
+    return (self.full_params or self.server_params)(server_state)
+
+
+@flax.struct.dataclass
+class Frozen:
+  """State that no round changes, such as a pre-trained base under LoRA.
+
+  The engine treats it as read-only: clients read it from the broadcast
+  server state (vmapped with no client axis, so it is never copied per
+  client), local steps carry it unchanged, and checkpoints leave it out
+  (a resumed run gets it from the run's start, e.g. `--init_checkpoint`).
+  """
+
+  value: PyTree
 
 
 def is_traced(hyperparameter: Any) -> bool:

@@ -12,9 +12,9 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from fedjax_core.algorithm import Algorithm, Batch, ClientInfo, ClientOutput
+from fedjax_core.algorithm import (Algorithm, Batch, ClientInfo,
+                                   ClientOutput, Frozen)
 from fedjax_core.data import as_float
 
 PyTree = Any
@@ -22,6 +22,16 @@ AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
 # Augmentation keys come from their own stream, so turning augmentation on
 # leaves the keys the algorithm sees unchanged.
 _AUGMENT_STREAM = 0x617567
+
+
+def _kept_if_empty(count: jax.Array, new: PyTree, old: PyTree) -> PyTree:
+  """`new` if the step had a real example, else `old`. `Frozen` state is
+  passed through as it is: selecting it per client would give every client
+  its own copy."""
+  is_frozen = lambda node: isinstance(node, Frozen)
+  return jax.tree.map(
+      lambda n, o: o if is_frozen(o) else jnp.where(count > 0, n, o), new,
+      old, is_leaf=is_frozen)
 
 
 def client_update(algorithm: Algorithm, server_state: PyTree,
@@ -69,7 +79,7 @@ def client_update(algorithm: Algorithm, server_state: PyTree,
     new_local, step_metrics = algorithm.local_step(local, batch, step_rng)
     count = jnp.sum(step_mask)
     if skip_empty_steps:
-      new_local = optax.tree.where(count > 0, new_local, local)
+      new_local = _kept_if_empty(count, new_local, local)
     weighted = jax.tree.map(lambda v: v * count, step_metrics)
     return new_local, (count, weighted)
 

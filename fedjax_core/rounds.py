@@ -138,6 +138,10 @@ class CompiledRound:
         inputs.is_real, inputs.secagg,
         jax.random.fold_in(round_key, _AGGREGATION_STREAM))
     arrived = aggregated.arrived.astype(jnp.float32)
+    cohort_metrics = {}
+    if self._algorithm.cohort_metrics is not None:
+      cohort_metrics = self._algorithm.cohort_metrics(
+          sent_state, messages, weights * arrived)
     server_state, server_metrics = self._algorithm.server_update(
         server_state, aggregated.message,
         CohortInfo(num_clients=jnp.sum(arrived)))
@@ -160,6 +164,7 @@ class CompiledRound:
         **placement.reduce_weighted_mean(per_client,
                                          inputs.is_real * arrived),
         **server_metrics,
+        **cohort_metrics,
         **aggregated.metrics,
         'num_examples': jnp.sum(examples),
     }

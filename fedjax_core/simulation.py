@@ -376,7 +376,7 @@ class Simulation:
     hold out local test rows, the mean and 10th percentile over clients of
     the accuracy on their own rows.
     """
-    params = self._algorithm.server_params(self.server_state)
+    params = self._algorithm.evaluated_params(self.server_state)
     test = self._evaluator(params)
     metrics = {'test_loss': test['loss'], 'test_accuracy': test['accuracy']}
     if self._local_evaluator:
