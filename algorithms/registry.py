@@ -1,12 +1,15 @@
 """Algorithm names -> builders, as the command line selects them.
 
-Two families:
+Three families:
 - the FedAvg family (fedavg, fedavgm, fedadagrad, fedadam, fedyogi): any
   optax client optimizer, a server optimizer fixed by the name;
 - the local-SGD family (FedProx, SCAFFOLD, FedDyn, FedCM, FedSAM, FedSpeed,
   ...): clients run plain SGD as their papers state it, with per-round lr
   decay, coupled weight decay and clipping; any server optimizer (default
-  SGD with learning rate 1, the papers' server).
+  SGD with learning rate 1, the papers' server);
+- parameter-efficient fine-tuning (fedlora, ffa_lora): LoRA adapters of a
+  frozen base, any client and server optimizer (default SGD with learning
+  rate 1), configured by a `LoRAConfig`.
 An algorithm's own hyperparameters are the keyword arguments of its factory;
 `hyperparameters(name)` lists them with their defaults.
 """
@@ -18,6 +21,8 @@ from algorithms.fedamd import fedamd
 from algorithms.fedavg import fedavg
 from algorithms.fedcm import fedcm
 from algorithms.fedcm import mofedsam
+from algorithms.fedlora import fedlora
+from algorithms.fedlora import ffa_lora
 from algorithms.feddyn import feddyn
 from algorithms.fedprox import fedprox
 from algorithms.fedsam import fedasam
@@ -31,6 +36,7 @@ from fedjax_core import optimizers
 from fedjax_core.algorithm import Algorithm, is_traced
 from fedjax_core.dp_sgd import DPSGDConfig
 from fedjax_core.local_sgd import LocalSGD
+from fedjax_core.lora import LoRAConfig
 
 PyTree = Any
 
@@ -65,7 +71,15 @@ _LOCAL_SGD_FAMILY: dict[str, Callable[..., Algorithm]] = {
     'fedamd': fedamd,
 }
 _LOCAL_SGD_SERVER = _FedOptVariant('sgd', 1.0)
-ALGORITHM_NAMES = tuple(sorted({**_FEDAVG_FAMILY, **_LOCAL_SGD_FAMILY}))
+# Factories `(apply_fn, client_optimizer, server_optimizer, lora_config, *,
+# weighted, client_lr_decay, dp_sgd) -> Algorithm`.
+_LORA_FAMILY: dict[str, Callable[..., Algorithm]] = {
+    'fedlora': fedlora,
+    'ffa_lora': ffa_lora,
+}
+LORA_ALGORITHMS = tuple(sorted(_LORA_FAMILY))
+ALGORITHM_NAMES = tuple(sorted({**_FEDAVG_FAMILY, **_LOCAL_SGD_FAMILY,
+                                **_LORA_FAMILY}))
 _ENGINE_ARGUMENTS = ('num_clients',)
 
 
@@ -83,7 +97,7 @@ def _variant(name: str) -> _FedOptVariant:
 def hyperparameters(name: str) -> dict[str, Any]:
   """`name`'s own hyperparameters and their defaults (see its module)."""
   _check_name(name)
-  if name in _FEDAVG_FAMILY:
+  if name in _FEDAVG_FAMILY or name in _LORA_FAMILY:
     return {}
   signature = inspect.signature(_LOCAL_SGD_FAMILY[name])
   return {p.name: p.default for p in signature.parameters.values()
@@ -160,7 +174,8 @@ def build_algorithm(name: str, apply_fn: Callable[[PyTree, Any], Any], *,
                     server_momentum: float = 0.9,
                     weighted: bool | None = None,
                     hparams: dict[str, Any] | None = None,
-                    dp_sgd: DPSGDConfig | None = None) -> Algorithm:
+                    dp_sgd: DPSGDConfig | None = None,
+                    lora: LoRAConfig | None = None) -> Algorithm:
   """Builds algorithm `name` for a model and a population.
 
   Args:
@@ -182,7 +197,10 @@ def build_algorithm(name: str, apply_fn: Callable[[PyTree, Any], Any], *,
       default (FedAvg family: weighted; local-SGD family: uniform, and only
       uniform).
     hparams: the algorithm's own hyperparameters (see `hyperparameters`).
-    dp_sgd: run the clients' local steps as DP-SGD (FedAvg family only).
+    dp_sgd: run the clients' local steps as DP-SGD (FedAvg and LoRA
+      families).
+    lora: the LoRA algorithms' adapted kernels, rank and alpha (default
+      `LoRAConfig()`); other algorithms refuse it.
 
   Returns:
     The algorithm.
@@ -206,18 +224,28 @@ def build_algorithm(name: str, apply_fn: Callable[[PyTree, Any], Any], *,
   server_tx = optimizers.server_optimizer(
       server_optimizer, variant.server_lr if server_lr is None else server_lr,
       momentum=server_momentum)
-  if name in _FEDAVG_FAMILY:
+  if lora is not None and name not in _LORA_FAMILY:
+    raise ValueError(f'LoRA settings (--lora_rank, --lora_alpha, '
+                     f'--lora_targets) apply to {", ".join(LORA_ALGORITHMS)}'
+                     f', not {name}; drop them or change --algorithm.')
+  if name in _FEDAVG_FAMILY or name in _LORA_FAMILY:
     client_tx = optimizers.client_optimizer(
         client_optimizer, client_lr, weight_decay=weight_decay,
         max_grad_norm=max_grad_norm)
+  if name in _LORA_FAMILY:
+    return _LORA_FAMILY[name](
+        apply_fn, client_tx, server_tx, lora or LoRAConfig(),
+        weighted=True if weighted is None else weighted,
+        client_lr_decay=client_lr_decay, dp_sgd=dp_sgd)
+  if name in _FEDAVG_FAMILY:
     return fedavg(apply_fn, client_tx, server_tx,
                   weighted=True if weighted is None else weighted,
                   client_lr_decay=client_lr_decay, dp_sgd=dp_sgd)
   if dp_sgd is not None:
     raise ValueError(
         f'Client-side DP-SGD (--dp_sgd_clip_norm) runs in the FedAvg family '
-        f'({", ".join(_FEDAVG_FAMILY)}), not {name}; use one of those or '
-        'client-level DP (--dp_clip_norm).')
+        f'({", ".join(_FEDAVG_FAMILY)}) and in {", ".join(LORA_ALGORITHMS)}, '
+        f'not {name}; use one of those or client-level DP (--dp_clip_norm).')
   if client_optimizer != 'sgd':
     raise ValueError(
         f'{name} runs plain local SGD, as its paper states it; '
