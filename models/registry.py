@@ -2,7 +2,9 @@
 
 Models follow McMahan et al. 2017, "Communication-Efficient Learning of Deep
 Networks from Decentralized Data" (the 2NN MLP and the CNNs), plus the
-multinomial logistic regression of convex federated benchmarks.
+multinomial logistic regression of convex federated benchmarks, a GPT-style
+character transformer (Radford et al. 2019) and a Vision Transformer
+(Dosovitskiy et al. 2021).
 """
 
 from collections.abc import Callable
@@ -15,6 +17,8 @@ import jax.numpy as jnp
 from models.cnn import build_cnn
 from models.logreg import LogisticRegression
 from models.mlp import MLP
+from models.transformer import build_transformer
+from models.vit import build_vit
 
 PyTree = Any
 
@@ -49,6 +53,8 @@ _BUILDERS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
     'cnn': build_cnn,
     'logreg': _build_logreg,
     'mlp': _build_mlp,
+    'transformer': build_transformer,
+    'vit': build_vit,
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(sorted(_BUILDERS))

@@ -36,7 +36,7 @@ def _inputs(shape):
 
 
 def test_model_names():
-  assert MODEL_NAMES == ('cnn', 'logreg', 'mlp')
+  assert MODEL_NAMES == ('cnn', 'logreg', 'mlp', 'transformer', 'vit')
 
 
 @pytest.mark.parametrize('name,shape', _CASES)
