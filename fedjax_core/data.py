@@ -2,11 +2,12 @@
 
 A `CentralDataset` is what a loader reads: a training split, a held-out
 test split and, where the data have one, a natural group key per training
-row (a device or writer id). Partitioning it (`fedjax_core.partition`) makes
-a `FederatedDataset`: the same arrays plus which rows each client owns, and
-optionally each client's own held-out rows for per-client metrics. Round
-batching (`fedjax_core.batching`) turns a cohort of client ids into
-static-shape index and mask arrays into these rows.
+row (a device or writer id) and possibly per test row. Partitioning it
+(`fedjax_core.partition`) makes a `FederatedDataset`: the same arrays plus
+which rows each client owns, and optionally each client's own held-out rows
+for per-client metrics. Round batching (`fedjax_core.batching`) turns a
+cohort of client ids into static-shape index and mask arrays into these
+rows.
 
 Images stay uint8 in host and device memory (4x smaller than float32);
 `as_float` maps them to [0, 1] inside the compiled round.
@@ -50,7 +51,8 @@ class CentralDataset:
 
   Attributes:
     name: dataset name, as given to `fedjax_core.datasets.load_dataset`.
-    train_x: `[num_train, *example_shape]` inputs (uint8 images or float32).
+    train_x: `[num_train, *example_shape]` inputs (uint8 images, float32
+      features or int32 character ids).
     train_y: `[num_train]` int32 labels.
     test_x: `[num_test, *example_shape]` held-out inputs.
     test_y: `[num_test]` int32 held-out labels.
@@ -58,6 +60,9 @@ class CentralDataset:
     train_groups: `[num_train]` int natural group key of each training row
       (for example the device that produced it), or None if the dataset has
       none; the 'natural' partition needs it.
+    test_groups: `[num_test]` int group key of each test row, in the same
+      key space as `train_groups` (a group may have rows in only one split),
+      or None.
   """
 
   name: str
@@ -67,15 +72,17 @@ class CentralDataset:
   test_y: np.ndarray
   num_classes: int
   train_groups: np.ndarray | None = None
+  test_groups: np.ndarray | None = None
 
   def __post_init__(self):
     _check_splits(self.name, self.train_x, self.train_y, self.test_x,
                   self.test_y)
-    if (self.train_groups is not None and
-        len(self.train_groups) != len(self.train_y)):
-      raise ValueError(
-          f'{self.name}: train_groups has {len(self.train_groups)} entries '
-          f'but there are {len(self.train_y)} training rows.')
+    for split, groups, y in (('train', self.train_groups, self.train_y),
+                             ('test', self.test_groups, self.test_y)):
+      if groups is not None and len(groups) != len(y):
+        raise ValueError(
+            f'{self.name}: {split}_groups has {len(groups)} entries but '
+            f'there are {len(y)} {split} rows.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +92,7 @@ class FederatedDataset:
   Attributes:
     name: dataset name, as given to `fedjax_core.datasets.load_dataset`.
     train_x: `[num_train, *example_shape]` inputs of all clients (uint8
-      images or float32).
+      images, float32 features or int32 character ids).
     train_y: `[num_train]` int32 labels.
     client_indices: the training rows of each client.
     test_x: `[num_test, *example_shape]` global held-out inputs.

@@ -4,22 +4,37 @@
 FedProx (Li et al., 2020, "Federated Optimization in Heterogeneous
 Networks", arXiv:1812.06127), whose devices are a natural grouping. The
 TFDS image datasets (`tfds_images.TFDS_NAMES`) are read from a prepared
-TFDS data directory. Any partition of `fedjax_core.partition` applies to
-any dataset ('natural' needs a group key, which only 'synthetic' has).
+TFDS data directory. The next-character text datasets (`text.TEXT_NAMES`:
+'pydoc_topics', built in, and 'shakespeare', from TFDS) are grouped by
+document, one client per document by default. Any partition of
+`fedjax_core.partition` applies to any dataset ('natural' needs a group
+key, which only 'synthetic' and the text datasets have).
+
+A dataset can be cut into two disjoint parts (`DATA_PARTS`), so that a model
+pre-trained centrally on one ('pretrain') can be fine-tuned federatedly on
+the other ('finetune'); see `select_part`.
 """
 
+import dataclasses
 from typing import Any
+
+import numpy as np
 
 from fedjax_core import partition as partition_lib
 from fedjax_core.data import CentralDataset, FederatedDataset
+from fedjax_core.datasets import text
 from fedjax_core.datasets import tfds_images
 from fedjax_core.datasets.digits import load_digits
 from fedjax_core.datasets.synthetic import load_synthetic
 
-DATASET_NAMES = ('digits', 'synthetic', *tfds_images.TFDS_NAMES)
-# Populations and partitions used when none is asked for.
+DATASET_NAMES = ('digits', 'synthetic', *tfds_images.TFDS_NAMES,
+                 *text.TEXT_NAMES)
+DATA_PARTS = ('all', 'pretrain', 'finetune')
+# Populations and partitions used when none is asked for; the text datasets
+# default to one client per group.
 _DEFAULT_CLIENTS = {'digits': 20, 'synthetic': 30}
-_DEFAULT_PARTITION = {'synthetic': 'natural'}
+_DEFAULT_PARTITION = {'synthetic': 'natural',
+                      **dict.fromkeys(text.TEXT_NAMES, 'natural')}
 _TFDS_DEFAULT_CLIENTS = 100  # FL-Simulator's default population.
 
 
@@ -28,36 +43,129 @@ def default_partition(name: str) -> str:
   return _DEFAULT_PARTITION.get(name, 'dirichlet')
 
 
+def _check_part(part: str):
+  if part not in DATA_PARTS:
+    raise ValueError(f"Unknown data part '{part}'; valid parts: "
+                     f"{', '.join(DATA_PARTS)}.")
+
+
+def _balanced_halves(sizes: np.ndarray) -> np.ndarray:
+  """Whether each group goes to the first of two halves of about equal size.
+
+  The longest-processing-time rule (Graham, 1969, "Bounds on
+  Multiprocessing Timing Anomalies", SIAM J. Appl. Math.): the groups, in
+  decreasing order of size (ties by index), each go to the half with the
+  smaller total so far, the first one on ties. The totals differ by at most
+  the largest group.
+  """
+  first = np.zeros(len(sizes), bool)
+  totals = [0, 0]
+  for group in np.argsort(-sizes, kind='stable'):
+    half = int(totals[1] < totals[0])
+    first[group] = half == 0
+    totals[half] += sizes[group]
+  return first
+
+
+def select_part(central: CentralDataset, part: str) -> CentralDataset:
+  """The rows of `central` in part `part`, one of `DATA_PARTS`.
+
+  'all' is the whole dataset. 'pretrain' and 'finetune' are disjoint and
+  together hold every training and every test row, cut deterministically:
+    * A dataset with group keys on both splits (the text datasets) is cut by
+      group: the groups (their training plus test rows) are dealt into two
+      halves of about equal size by `_balanced_halves`, the first being
+      'pretrain'. A group's training and test rows stay together, so the
+      fine-tuning clients are documents or speakers the base model never
+      saw.
+    * Any other dataset is cut by label: 'pretrain' holds the labels below
+      `num_classes // 2` and 'finetune' the rest.
+  `num_classes` and the group keys are kept as they are: the 'natural'
+  partition takes any keys, gaps included.
+
+  Args:
+    central: the whole dataset.
+    part: the part to keep.
+
+  Returns:
+    The `CentralDataset` of the part's rows, in their original order.
+
+  Raises:
+    ValueError: on an unknown `part`, or a part without training rows.
+  """
+  _check_part(part)
+  if part == 'all':
+    return central
+  if central.train_groups is not None and central.test_groups is not None:
+    keys, group_of_row = np.unique(
+        np.concatenate([central.train_groups, central.test_groups]),
+        return_inverse=True)
+    pretrain_keys = keys[_balanced_halves(np.bincount(group_of_row))]
+    train_in = np.isin(central.train_groups, pretrain_keys)
+    test_in = np.isin(central.test_groups, pretrain_keys)
+  else:
+    train_in = central.train_y < central.num_classes // 2
+    test_in = central.test_y < central.num_classes // 2
+  if part == 'finetune':
+    train_in, test_in = ~train_in, ~test_in
+  if not train_in.any():
+    raise ValueError(
+        f"{central.name}: part '{part}' has no training rows (too few "
+        'groups or labels to cut in two); use --data_part=all.')
+  train_groups, test_groups = (
+      None if groups is None else groups[keep]
+      for groups, keep in ((central.train_groups, train_in),
+                           (central.test_groups, test_in)))
+  return dataclasses.replace(
+      central, train_x=central.train_x[train_in],
+      train_y=central.train_y[train_in], test_x=central.test_x[test_in],
+      test_y=central.test_y[test_in], train_groups=train_groups,
+      test_groups=test_groups)
+
+
 def load_central(name: str, *, num_clients: int, seed: int = 0,
                  data_dir: str | None = None, synthetic_alpha: float = 1.0,
-                 synthetic_beta: float = 1.0) -> CentralDataset:
-  """The arrays of dataset `name`, before any split into clients.
+                 synthetic_beta: float = 1.0,
+                 part: str = 'all') -> CentralDataset:
+  """The arrays of dataset `name`, or of one part, before any split into
+  clients.
 
   Args:
     name: one of `DATASET_NAMES`.
     num_clients: synthetic only: the number of devices generated.
     seed: seed of the loader's random choices (digits' held-out split,
       synthetic's draws).
-    data_dir: TFDS datasets only: the TFDS data directory.
+    data_dir: TFDS datasets (images and 'shakespeare') only: the TFDS data
+      directory.
     synthetic_alpha: synthetic only: spread of the devices' models.
     synthetic_beta: synthetic only: spread of the devices' inputs.
+    part: one of `DATA_PARTS`: the whole dataset or one of two disjoint
+      parts of it (`select_part`).
 
   Returns:
     The `CentralDataset`.
 
   Raises:
-    ValueError: on an unknown `name`, or a TFDS dataset that is not
-      prepared (the message says how to prepare it).
+    ValueError: on an unknown `name` or `part`, a part without training
+      rows, or a TFDS dataset that is not prepared (the message says how to
+      prepare it).
   """
+  _check_part(part)
   if name == 'digits':
-    return load_digits(seed=seed)
-  if name == 'synthetic':
-    return load_synthetic(alpha=synthetic_alpha, beta=synthetic_beta,
-                          num_devices=num_clients, seed=seed)
-  if name in tfds_images.TFDS_NAMES:
-    return tfds_images.load_tfds(name, data_dir=data_dir)
-  raise ValueError(
-      f"Unknown dataset '{name}'; valid datasets: {', '.join(DATASET_NAMES)}.")
+    central = load_digits(seed=seed)
+  elif name == 'synthetic':
+    central = load_synthetic(alpha=synthetic_alpha, beta=synthetic_beta,
+                             num_devices=num_clients, seed=seed)
+  elif name in tfds_images.TFDS_NAMES:
+    central = tfds_images.load_tfds(name, data_dir=data_dir)
+  elif name == 'pydoc_topics':
+    central = text.load_pydoc_topics()
+  elif name in text.TFDS_TEXT_NAMES:
+    central = text.load_tfds_text(name, data_dir=data_dir)
+  else:
+    raise ValueError(f"Unknown dataset '{name}'; valid datasets: "
+                     f"{', '.join(DATASET_NAMES)}.")
+  return select_part(central, part)
 
 
 def federate(central: CentralDataset, client_indices, *,
@@ -107,16 +215,18 @@ def load_dataset(name: str,
                  local_test_fraction: float = 0.0,
                  data_dir: str | None = None,
                  synthetic_alpha: float = 1.0,
-                 synthetic_beta: float = 1.0) -> FederatedDataset:
-  """Loads a dataset and splits it across clients.
+                 synthetic_beta: float = 1.0,
+                 part: str = 'all') -> FederatedDataset:
+  """Loads a dataset, or one part of it, and splits it across clients.
 
   Args:
     name: one of `DATASET_NAMES`.
     num_clients: number of clients; None gives 20 for digits, 30 devices
-      for synthetic and 100 for the TFDS datasets.
+      for synthetic, 100 for the TFDS image datasets and, for the text
+      datasets, one per group (document or speaker) of the part loaded.
     seed: seed of every random choice of the loader and the partition.
     partition: one of `partition.PARTITION_NAMES`; None gives 'natural' for
-      synthetic and 'dirichlet' otherwise.
+      synthetic and the text datasets and 'dirichlet' otherwise.
     dirichlet_alpha: concentration of both Dirichlet partitions.
     classes_per_client: shards (about classes) per client of 'pathological'.
     size_sigma: lognormal spread of client sizes for 'quantity_skew'
@@ -125,24 +235,32 @@ def load_dataset(name: str,
       'quantity_skew'.
     local_test_fraction: share of each client's rows held out as its own
       test split, for per-client metrics.
-    data_dir: TFDS datasets only: the TFDS data directory.
+    data_dir: TFDS datasets (images and 'shakespeare') only: the TFDS data
+      directory.
     synthetic_alpha: synthetic only: spread of the devices' models.
     synthetic_beta: synthetic only: spread of the devices' inputs.
+    part: one of `DATA_PARTS`: the whole dataset or one of two disjoint
+      parts of it (`select_part`).
 
   Returns:
     The `FederatedDataset`, with `partition_info` naming the scheme and its
-    arguments.
+    arguments, `part` among them.
 
   Raises:
-    ValueError: on an unknown `name` or partition, or arguments the
+    ValueError: on an unknown `name`, partition or `part`, or arguments the
       partition cannot satisfy.
   """
+  # The text datasets' default population, one client per group of the
+  # part, is known once loaded; their loaders ignore num_clients.
+  per_group = num_clients is None and name in text.TEXT_NAMES
   if num_clients is None:
     num_clients = _DEFAULT_CLIENTS.get(name, _TFDS_DEFAULT_CLIENTS)
   partition = partition or default_partition(name)
   central = load_central(name, num_clients=num_clients, seed=seed,
                          data_dir=data_dir, synthetic_alpha=synthetic_alpha,
-                         synthetic_beta=synthetic_beta)
+                         synthetic_beta=synthetic_beta, part=part)
+  if per_group:
+    num_clients = len(np.unique(central.train_groups))
   args = dict(num_clients=num_clients, seed=seed,
               dirichlet_alpha=dirichlet_alpha,
               classes_per_client=classes_per_client, size_sigma=size_sigma,
@@ -151,4 +269,5 @@ def load_dataset(name: str,
       partition, labels=central.train_y, groups=central.train_groups, **args)
   return federate(central, client_indices,
                   local_test_fraction=local_test_fraction, seed=seed,
-                  partition_info={'scheme': partition, 'args': args})
+                  partition_info={'scheme': partition,
+                                  'args': {**args, 'part': part}})
