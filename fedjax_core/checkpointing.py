@@ -1,10 +1,10 @@
 """Checkpoints of a run's server state and client-state store, via orbax.
 
-A checkpoint's step is the number of completed rounds. `Frozen` state (a
-pre-trained base) is left out: a resumed run has it from its start. Everything a resumed
+A checkpoint's step is the number of completed rounds. Everything a resumed
 run needs is a function of that step and the run's flags (the sampler, the
 batch shuffles and the PRNG keys derive from the seed and the round), so a
-resumed run is bit-identical to an uninterrupted one.
+resumed run is bit-identical to an uninterrupted one. `Frozen` state (a
+pre-trained base) is left out: a resumed run has it from its start.
 """
 
 import os
