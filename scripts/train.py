@@ -6,6 +6,8 @@ accuracy table. `--algorithm` takes one name or a comma-separated list; with
 a list each algorithm gets its own `WORKDIR/NAME/` and the table compares
 them. `--num_seeds` (and `--vmapped_hparam`) run several seeds (and values)
 of each algorithm as one compiled program, each in `WORKDIR/[NAME/]seed_K/`.
+`--init_checkpoint` starts from a base that `scripts.pretrain` wrote, which
+`--algorithm=fedlora|ffa_lora` fine-tunes through LoRA adapters.
 Re-run with the same `--workdir` to resume from the last checkpoint.
 
 Examples:
@@ -15,6 +17,10 @@ Examples:
   python -m scripts.train --flagfile=my_run.flags
   python -m scripts.train --algorithm=fedsam --num_seeds=4 \
       --vmapped_hparam=rho=0.01:0.05:0.1 --workdir=/tmp/rho
+  python -m scripts.pretrain --workdir=/tmp/base
+  python -m scripts.train --algorithm=fedlora,ffa_lora \
+      --dataset=pydoc_topics --data_part=finetune --model=transformer \
+      --init_checkpoint=/tmp/base/base --lora_rank=4 --workdir=/tmp/lora
 """
 
 import os
@@ -24,6 +30,7 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 import numpy as np
 
 import algorithms
@@ -33,11 +40,13 @@ from fedjax_core import attacks
 from fedjax_core import compression
 from fedjax_core import datasets
 from fedjax_core import dp_sgd
+from fedjax_core import lora
 from fedjax_core import optimizers
 from fedjax_core import partition
 from fedjax_core import partition_report
 from fedjax_core import placement
 from fedjax_core import privacy
+from fedjax_core import pretrained
 from fedjax_core import privacy_accounting
 from fedjax_core import simulation
 from fedjax_core import uplink
@@ -54,6 +63,11 @@ _DATASET = flags.DEFINE_enum(
 _DATA_DIR = flags.DEFINE_string(
     'data_dir', None, 'TFDS data directory (default: $TFDS_DATA_DIR, else '
     '~/tensorflow_datasets).')
+_DATA_PART = flags.DEFINE_enum(
+    'data_part', 'all', datasets.DATA_PARTS, 'Part of the dataset to use: '
+    'all, or one of two disjoint halves (by document or speaker for text, '
+    'by label otherwise), to pre-train on one (scripts.pretrain) and '
+    'fine-tune on the other.')
 _MODEL = flags.DEFINE_enum('model', 'mlp', models.MODEL_NAMES, 'Model.')
 _NUM_CLIENTS = flags.DEFINE_integer(
     'num_clients', None, 'Population size (default: 20 for digits, 30 '
@@ -280,6 +294,18 @@ _DP_SGD_CLIP = flags.DEFINE_float(
 _DP_SGD_NOISE = flags.DEFINE_float(
     'dp_sgd_noise_multiplier', 1.0, 'DP-SGD: noise std over the per-example '
     'clip norm.')
+_LORA_RANK = flags.DEFINE_integer(
+    'lora_rank', 8, 'fedlora / ffa_lora: rank r of the adapters.')
+_LORA_ALPHA = flags.DEFINE_float(
+    'lora_alpha', 16.0, 'fedlora / ffa_lora: the update is scaled by '
+    'alpha / r.')
+_LORA_TARGETS = flags.DEFINE_string(
+    'lora_targets', lora.DEFAULT_TARGETS, 'fedlora / ffa_lora: regular '
+    'expression over kernel paths (e.g. params/block_0/attention/query/'
+    'kernel) choosing the adapted kernels.')
+_INIT_CHECKPOINT = flags.DEFINE_string(
+    'init_checkpoint', None, 'Start from this pre-trained base (the base/ '
+    'directory scripts.pretrain writes) instead of a random init.')
 
 
 _DP_FLAGS = ('dp_noise_multiplier', 'dp_target_epsilon', 'dp_sampling',
@@ -293,6 +319,7 @@ _ATTACK_FLAGS = ('byzantine_fraction', 'attack_scale', 'attack_stddev',
                  'alie_z', 'ipm_epsilon')
 _COMPRESSION_FLAGS = ('compress_fraction', 'qsgd_levels', 'fedzip_clusters',
                       'compress_down')
+_LORA_FLAGS = ('lora_rank', 'lora_alpha', 'lora_targets')
 
 
 def _check_flag_groups() -> None:
@@ -306,7 +333,10 @@ def _check_flag_groups() -> None:
              'a robust --aggregator (or --nnm)'),
             (_ATTACK_FLAGS, _ATTACK.value != 'none', '--attack'),
             (_COMPRESSION_FLAGS, _COMPRESSOR.value != 'none',
-             '--compressor'))
+             '--compressor'),
+            (_LORA_FLAGS, bool(set(_ALGORITHM.value)
+                               & set(algorithms.LORA_ALGORITHMS)),
+             '--algorithm=fedlora or ffa_lora'))
   for names, enabled, switch in groups:
     for name in names:
       if flags.FLAGS[name].present and not enabled:
@@ -435,7 +465,13 @@ def _build(name: str, apply_fn, num_clients: int,
       weight_decay=_WEIGHT_DECAY.value, max_grad_norm=_MAX_GRAD_NORM.value,
       server_optimizer=_SERVER_OPTIMIZER.value, server_lr=server_lr,
       server_momentum=_SERVER_MOMENTUM.value, weighted=_WEIGHTED.value,
-      hparams={**hparams, **overrides}, dp_sgd=_dp_sgd())
+      hparams={**hparams, **overrides}, dp_sgd=_dp_sgd(),
+      lora=_lora_config() if name in algorithms.LORA_ALGORITHMS else None)
+
+
+def _lora_config() -> lora.LoRAConfig:
+  return lora.LoRAConfig(rank=_LORA_RANK.value, alpha=_LORA_ALPHA.value,
+                         targets=_LORA_TARGETS.value)
 
 
 def _vmapped_values(names: list[str]) -> tuple[str | None, list[float]]:
@@ -499,6 +535,14 @@ def _describe(name: str, sim: simulation.Simulation, workdir: str) -> None:
           f'{_DP_DELTA.value:g}')
   if config.robust is not None or config.attack is not None:
     print(f'{name}: {_byzantine_line(config)}')
+  if name in algorithms.LORA_ALGORITHMS:
+    trainable = lora.num_parameters(
+        sim.server_state.model.params)
+    frozen = lora.num_parameters(sim.server_state.frozen.value)
+    print(f'{name}: LoRA rank {_LORA_RANK.value} (alpha '
+          f'{_LORA_ALPHA.value:g}) on {_LORA_TARGETS.value!r}: {trainable:,} '
+          f'trainable, {frozen:,} frozen parameters '
+          f'({100 * trainable / (trainable + frozen):.2f}% trained)')
 
 
 def _run_one(name: str, dataset, model, workdir: str) -> dict:
@@ -575,7 +619,24 @@ def _load_dataset(seed: int):
       size_sigma=_SIZE_SIGMA.value,
       local_test_fraction=_LOCAL_TEST_FRACTION.value,
       data_dir=_DATA_DIR.value, synthetic_alpha=_SYNTHETIC_ALPHA.value,
-      synthetic_beta=_SYNTHETIC_BETA.value)
+      synthetic_beta=_SYNTHETIC_BETA.value, part=_DATA_PART.value)
+
+
+def _model(dataset) -> models.Model:
+  """--model for `dataset`, initialized from --init_checkpoint's base if
+  one is given."""
+  model = models.get_model(_MODEL.value, dataset.example_shape,
+                           dataset.num_classes)
+  path = _INIT_CHECKPOINT.value
+  if path is None:
+    return model
+  params, info = pretrained.load_base(
+      path, model.init(jax.random.key(0)),
+      {'model': _MODEL.value, 'example_shape': dataset.example_shape,
+       'num_classes': dataset.num_classes})
+  print(f'Base {path}: pre-trained on {info.get("dataset")} (part '
+        f'{info.get("data_part")}) for {info.get("step")} steps')
+  return models.Model(init=lambda rng: params, apply=model.apply)
 
 
 def _seed_means(summaries: dict[str, dict]) -> list[str]:
@@ -635,8 +696,7 @@ def main(argv):
         seed: _load_dataset(seed)
         for seed in range(_SEED.value, _SEED.value + _NUM_SEEDS.value)}
     dataset = datasets_by_seed[_SEED.value]
-    model = models.get_model(_MODEL.value, dataset.example_shape,
-                             dataset.num_classes)
+    model = _model(dataset)
     for name in names:  # Rejects bad names and settings before any training.
       _build(name, model.apply, dataset.num_clients)
     print(f'{dataset.name}: {len(dataset.train_y)} train / '

@@ -16,7 +16,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from algorithms import build_algorithm
-from fedjax_core import ClientDPSettings, SecureAggregation
+from fedjax_core import ClientDPSettings, FederatedDataset
+from fedjax_core import SecureAggregation
 from fedjax_core import Simulation, SimulationConfig
 from fedjax_core import lora
 import interruptions
@@ -294,3 +295,35 @@ def test_fedlora_composes_with_client_level_dp():
   np.testing.assert_allclose(got_a, a, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(got_b, b, rtol=1e-5, atol=1e-6)
   assert summary['epsilon'] == float('inf')
+
+
+def test_ffa_lora_fine_tunes_the_vit_attention_only():
+  """On the ViT, only the query and value kernels of each block change."""
+  rng = np.random.default_rng(0)
+  images = rng.uniform(size=(8, 8, 8, 1)).astype(np.float32)
+  labels = np.array([0, 1] * 4, np.int32)
+  data = FederatedDataset(name='images', train_x=images,
+                               train_y=labels,
+                               client_indices=(np.arange(4),
+                                               np.arange(4, 8)),
+                               test_x=images, test_y=labels, num_classes=2)
+  model = models.get_model('vit', (8, 8, 1), 2)
+  algorithm = build_algorithm('ffa_lora', model.apply, num_clients=2,
+                              client_lr=0.5, lora=lora.LoRAConfig(rank=2))
+  sim = Simulation(algorithm, model, data, SimulationConfig(
+      num_rounds=1, clients_per_round=2, batch_size=4, local_epochs=1,
+      eval_every=0, progress=False))
+  base = jax.tree.map(np.array, sim.server_state.frozen.value['base'])
+  sim.run()
+  tuned = algorithm.evaluated_params(sim.server_state)
+  changed = {'/'.join(k.key for k in p) for p, leaf in
+             jax.tree_util.tree_flatten_with_path(tuned)[0]
+             if not np.array_equal(leaf, _leaf(base, p))}
+  assert changed == {f'params/block_{i}/attention/{name}/kernel'
+                     for i in range(2) for name in ('query', 'value')}
+
+
+def _leaf(tree, path):
+  for key in path:
+    tree = tree[key.key]
+  return tree

@@ -101,6 +101,14 @@ BAD_INPUT = [
     ('--vmapped_hparam=client_lr', 'is not NAME=V1:V2:...'),
     ('--vmapped_hparam=mu=0.1:1', "fedavg has no scalar hyperparameter "
      "'mu'; valid: client_lr, server_lr"),
+    ('--lora_rank=4', '--lora_rank has no effect without '
+     '--algorithm=fedlora or ffa_lora'),
+    ('--algorithm=fedlora', "matches no kernel. The kernels are: "
+     "params/Dense_0/kernel"),
+    ('--algorithm=ffa_lora --lora_targets=Dense_0 --lora_rank=0',
+     '--lora_rank must be a positive int'),
+    ('--init_checkpoint=/nonexistent', 'holds no pre-trained base'),
+    ('--data_part=middle', 'value should be one of'),
 ]
 
 
@@ -131,7 +139,7 @@ def test_bad_input_is_a_clear_error(bad_input_outcomes, flag, message):
 
 
 def test_every_algorithm_runs_from_the_command_line(tmp_path):
-  """One process trains each of the 17 algorithms for a round, with its own
+  """One process trains each of the 19 algorithms for a round, with its own
   hyperparameters passed through --hparams (qualified by name)."""
   names = sorted(algorithms.ALGORITHM_NAMES)
   result = _train(
@@ -139,7 +147,7 @@ def test_every_algorithm_runs_from_the_command_line(tmp_path):
       '--dataset=synthetic', '--model=logreg', '--local_steps=2',
       '--progress=false', '--client_lr=0.01', '--client_lr_decay=0.99',
       '--weight_decay=1e-3', '--max_grad_norm=10', f'--workdir={tmp_path}',
-      f'--algorithm={",".join(names)}',
+      f'--algorithm={",".join(names)}', '--lora_targets=Dense_0',
       '--hparams=fedprox.mu=0.1,fedspeed.form=reference,fedsam.rho=0.05')
   assert result.returncode == 0, result.stderr
   table = result.stdout[result.stdout.index('algorithm'):]
@@ -277,3 +285,54 @@ def test_vmapped_learning_rates_write_a_directory_per_value(tmp_path):
     assert summary['client_lr'] == float(value)
     losses.append(summary['final_train_loss'])
   assert losses[0] != losses[1]
+
+
+def _pretrain(*flags):
+  env = {**os.environ, 'PYTHONPATH': REPO}
+  return subprocess.run([sys.executable, '-m', 'scripts.pretrain', *flags],
+                        cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=300)
+
+
+def test_pretrain_then_fine_tune_with_lora(tmp_path):
+  """scripts.pretrain trains (and resumes) a transformer on one half of
+  pydoc_topics; fedlora and ffa_lora fine-tune it on the other half's
+  topics; a base for another dataset is refused."""
+  base_flags = ['--steps=2', '--eval_every=10', '--batch_size=4',
+                f'--workdir={tmp_path / "pre"}', '--progress=false']
+  result = _pretrain(*base_flags)
+  assert result.returncode == 0, result.stderr
+  result = _pretrain(*base_flags[1:], '--steps=3')
+  assert result.returncode == 0, result.stderr
+  assert 'Resumed from step 2.' in result.stdout
+  with open(tmp_path / 'pre' / 'base' / 'base.json') as f:
+    info = json.load(f)
+  assert info['step'] == 3 and info['data_part'] == 'pretrain'
+  assert 0 <= info['finetune_test_accuracy'] <= 1
+
+  base = f'--init_checkpoint={tmp_path / "pre" / "base"}'
+  result = _train('--algorithm=fedlora,ffa_lora', '--dataset=pydoc_topics',
+                  '--data_part=finetune', '--model=transformer', base,
+                  '--lora_rank=2', '--num_rounds=2', '--clients_per_round=2',
+                  '--local_steps=2', '--batch_size=4', '--eval_every=0',
+                  '--progress=false', f'--workdir={tmp_path / "ft"}')
+  assert result.returncode == 0, result.stderr
+  assert 'pre-trained on pydoc_topics (part pretrain) for 3 steps' in (
+      result.stdout)
+  # Rank 2 on the query and value kernels (64 x 64) of 2 blocks.
+  trainable = {'fedlora': 4 * 2 * (64 + 64), 'ffa_lora': 4 * 2 * 64}
+  for name, count in trainable.items():
+    assert f'{name}: LoRA rank 2 (alpha 16)' in result.stdout
+    with open(tmp_path / 'ft' / name / 'metrics.jsonl') as f:
+      records = [json.loads(line) for line in f]
+    assert [r['trainable_params'] for r in records] == [count, count]
+    assert [r['bytes_up'] for r in records] == [4 * count, 4 * count]
+    assert ('lora_aggregation_error' in records[-1]) == (name == 'fedlora')
+    assert 'test_accuracy' in records[-1]
+
+  result = _train('--dataset=synthetic', '--model=transformer', base,
+                  '--num_rounds=1', '--progress=false',
+                  f'--workdir={tmp_path / "synthetic"}')
+  assert result.returncode != 0
+  assert 'holds a base for example_shape=[64], but this run has ' \
+      'example_shape=[60]' in result.stderr
