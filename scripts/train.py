@@ -631,7 +631,7 @@ def _model(dataset) -> models.Model:
   if path is None:
     return model
   params, info = pretrained.load_base(
-      path, model.init(jax.random.key(0)),
+      path, jax.eval_shape(model.init, jax.random.key(0)),
       {'model': _MODEL.value, 'example_shape': dataset.example_shape,
        'num_classes': dataset.num_classes})
   print(f'Base {path}: pre-trained on {info.get("dataset")} (part '
