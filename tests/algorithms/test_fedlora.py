@@ -20,6 +20,7 @@ from fedjax_core import ClientDPSettings, FederatedDataset
 from fedjax_core import SecureAggregation
 from fedjax_core import Simulation, SimulationConfig
 from fedjax_core import lora
+from fedjax_core.dp_sgd import DPSGDConfig
 import interruptions
 import models
 import tiny_problem as tiny
@@ -307,7 +308,9 @@ def test_ffa_lora_fine_tunes_the_vit_attention_only():
                                client_indices=(np.arange(4),
                                                np.arange(4, 8)),
                                test_x=images, test_y=labels, num_classes=2)
-  model = models.get_model('vit', (8, 8, 1), 2)
+  vit = models.ViT(num_classes=2, patch_size=4, d_model=16, num_layers=2,
+                   num_heads=2, mlp_dim=16)
+  model = models.Model(lambda key: vit.init(key, images[:1]), vit.apply)
   algorithm = build_algorithm('ffa_lora', model.apply, num_clients=2,
                               client_lr=0.5, lora=lora.LoRAConfig(rank=2))
   sim = Simulation(algorithm, model, data, SimulationConfig(
@@ -327,3 +330,41 @@ def _leaf(tree, path):
   for key in path:
     tree = tree[key.key]
   return tree
+
+
+def test_ffa_lora_composes_with_dp_sgd():
+  """Local DP-SGD (noise 0, an active clip) on B against numpy: each
+  example's gradient of B, s G_e^T A^T with G_e = x_e (p_e - y_e)^T, is
+  clipped to C, and the sum is divided by the padded batch size 3."""
+  clip = 0.05
+  algorithm = build_algorithm(
+      'ffa_lora', tiny.model().apply, num_clients=2, client_lr=CLIENT_LR,
+      lora=_config(), dp_sgd=DPSGDConfig(clip, 0.0))
+  sim = Simulation(algorithm, tiny.model(), tiny.dataset(), SimulationConfig(
+      num_rounds=1, clients_per_round=2, batch_size=3, local_epochs=EPOCHS,
+      eval_every=0, progress=False))
+  w, bias = tiny.as_numpy(sim.server_state.frozen.value['base'])
+  a, b0 = _adapters(sim.server_state)
+  sim.run()
+  clients, weights = [], []
+  for i in tiny.cohort(0, 2):
+    b = b0.copy()
+    for _ in range(EPOCHS):
+      total = np.zeros_like(b)
+      for row in tiny.CLIENTS[i]:
+        x = tiny.X[row].astype(np.float64)
+        z = x @ (w + SCALE * (b @ a).T) + bias
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        grad_b = SCALE * np.outer(x, p - np.eye(2)[tiny.Y[row]]).T @ a.T
+        total += grad_b * min(1.0, clip / np.linalg.norm(grad_b))
+      b = b - CLIENT_LR * total / 3
+    clients.append(b)
+    weights.append(len(tiny.CLIENTS[i]))
+  want = sum(wt * c for wt, c in zip(weights, clients)) / sum(weights)
+  _, got = _adapters(sim.server_state)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+  # The clip was active: plain FFA-LoRA moves B elsewhere.
+  _, plain = _simulation('ffa_lora', 1)
+  plain.run()
+  assert np.abs(_adapters(plain.server_state)[1] - want).max() > 1e-3
