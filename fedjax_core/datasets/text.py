@@ -21,10 +21,9 @@ Two corpora, each split into documents that are the natural clients:
 import math
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 from fedjax_core.data import CentralDataset
-from fedjax_core.datasets.tfds_images import DatasetNotPreparedError
+from fedjax_core.datasets import tfds_images
 
 # Ids 1.. of the vocabulary; id 0 is any other character.
 VOCAB = '\n' + ''.join(map(chr, range(32, 127)))
@@ -182,19 +181,6 @@ def speaker_documents(text: str) -> dict[str, str]:
   return {name: ''.join(speeches) for name, speeches in documents.items()}
 
 
-def _not_prepared_error(name: str, builder,
-                        problem: str) -> DatasetNotPreparedError:
-  tfds_name = TFDS_TEXT_NAMES[name]
-  return DatasetNotPreparedError(
-      f"Dataset '{name}' (TFDS '{tfds_name}') {problem}. TFDS looked in the "
-      f'data dir {builder.data_dir_root} (for {builder.data_dir}; the data '
-      'dir is --data_dir if given, else $TFDS_DATA_DIR, else '
-      '~/tensorflow_datasets). Nothing can be downloaded here: on a machine '
-      f'with internet run\n  tfds build {tfds_name} --data_dir=DIR '
-      '--file_format=array_record\nthen copy DIR here and pass '
-      "--data_dir=DIR, or use --dataset=pydoc_topics, which needs no data.")
-
-
 def _read_text(builder, split: str) -> str:
   """The text of a split that holds one example with a 'text' feature
   (which data sources give as UTF-8 bytes)."""
@@ -238,15 +224,9 @@ def load_tfds_text(name: str, data_dir: str | None = None,
   if name not in TFDS_TEXT_NAMES:
     raise ValueError(f"Unknown TFDS text dataset '{name}'; valid datasets: "
                      f"{', '.join(TFDS_TEXT_NAMES)}.")
-  builder = tfds.builder(TFDS_TEXT_NAMES[name], data_dir=data_dir)
-  if not builder.is_prepared():
-    raise _not_prepared_error(name, builder, 'is not prepared')
-  formats = builder.info.available_file_formats()
-  if not formats & tfds.core.FileFormat.with_random_access():
-    found = ', '.join(sorted(f.value for f in formats))
-    raise _not_prepared_error(
-        name, builder, f'is prepared only as {found}, which '
-        'tfds.data_source cannot read')
+  builder = tfds_images.prepared_builder(
+      name, TFDS_TEXT_NAMES[name], data_dir,
+      alternative=', or use --dataset=pydoc_topics, which needs no data')
   train_docs, test_docs = (speaker_documents(_read_text(builder, split))
                            for split in _TFDS_SPLITS)
   speakers = sorted(train_docs) + sorted(set(test_docs) - set(train_docs))

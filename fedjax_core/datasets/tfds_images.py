@@ -48,32 +48,37 @@ class DatasetNotPreparedError(ValueError):
   """The dataset is not in the data dir in a format TFDS can random-access."""
 
 
-def _not_prepared_error(name: str, builder,
-                        problem: str) -> DatasetNotPreparedError:
-  tfds_name = TFDS_NAMES[name]
+def _not_prepared_error(name: str, tfds_name: str, builder, problem: str,
+                        alternative: str) -> DatasetNotPreparedError:
   return DatasetNotPreparedError(
-      f"Dataset '{name}' (TFDS '{tfds_name}') {problem}. TFDS looked in the "
-      f'data dir {builder.data_dir_root} (for {builder.data_dir}; the data '
-      'dir is --data_dir if given, else $TFDS_DATA_DIR, else '
+      f"Dataset '{name}' (TFDS '{tfds_name}') {problem}. TFDS looked in "
+      f'the data dir {builder.data_dir_root} (for {builder.data_dir}; the '
+      'data dir is --data_dir if given, else $TFDS_DATA_DIR, else '
       '~/tensorflow_datasets). Nothing can be downloaded here: on a machine '
       f'with internet run\n  tfds build {tfds_name} --data_dir=DIR '
       '--file_format=array_record\nthen copy DIR here and pass '
-      '--data_dir=DIR.')
+      f'--data_dir=DIR{alternative}.')
 
 
-def _prepared_builder(name: str, data_dir: str | None):
-  """The TFDS builder of `name`; raises DatasetNotPreparedError unless its
-  data are prepared in a random-access format."""
-  builder = tfds.builder(TFDS_NAMES[name], data_dir=data_dir)
+def prepared_builder(name: str, tfds_name: str, data_dir: str | None,
+                     alternative: str = ''):
+  """The TFDS builder of `tfds_name` (our dataset `name`).
+
+  Raises:
+    DatasetNotPreparedError: its data are not prepared in a random-access
+      format; the message says how to prepare them, then `alternative`.
+  """
+  builder = tfds.builder(tfds_name, data_dir=data_dir)
   if not builder.is_prepared():
-    raise _not_prepared_error(name, builder, 'is not prepared')
+    raise _not_prepared_error(name, tfds_name, builder, 'is not prepared',
+                              alternative)
   formats = builder.info.available_file_formats()
   random_access = tfds.core.FileFormat.with_random_access()
   if not formats & random_access:
     found = ', '.join(sorted(f.value for f in formats))
     raise _not_prepared_error(
-        name, builder, f'is prepared only as {found}, which '
-        'tfds.data_source cannot read')
+        name, tfds_name, builder, f'is prepared only as {found}, which '
+        'tfds.data_source cannot read', alternative)
   return builder
 
 
@@ -119,7 +124,7 @@ def load_tfds(name: str, data_dir: str | None = None) -> CentralDataset:
   if name not in TFDS_NAMES:
     raise ValueError(f"Unknown TFDS dataset '{name}'; valid datasets: "
                      f"{', '.join(TFDS_NAMES)}.")
-  builder = _prepared_builder(name, data_dir)
+  builder = prepared_builder(name, TFDS_NAMES[name], data_dir)
   num_classes = builder.info.features['label'].num_classes
   first_label = 0
   if name == _LETTERS:
