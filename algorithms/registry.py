@@ -21,9 +21,9 @@ from algorithms.fedamd import fedamd
 from algorithms.fedavg import fedavg
 from algorithms.fedcm import fedcm
 from algorithms.fedcm import mofedsam
+from algorithms.feddyn import feddyn
 from algorithms.fedlora import fedlora
 from algorithms.fedlora import ffa_lora
-from algorithms.feddyn import feddyn
 from algorithms.fedprox import fedprox
 from algorithms.fedsam import fedasam
 from algorithms.fedsam import fedsam

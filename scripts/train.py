@@ -45,8 +45,8 @@ from fedjax_core import optimizers
 from fedjax_core import partition
 from fedjax_core import partition_report
 from fedjax_core import placement
-from fedjax_core import privacy
 from fedjax_core import pretrained
+from fedjax_core import privacy
 from fedjax_core import privacy_accounting
 from fedjax_core import simulation
 from fedjax_core import uplink
@@ -536,8 +536,7 @@ def _describe(name: str, sim: simulation.Simulation, workdir: str) -> None:
   if config.robust is not None or config.attack is not None:
     print(f'{name}: {_byzantine_line(config)}')
   if name in algorithms.LORA_ALGORITHMS:
-    trainable = lora.num_parameters(
-        sim.server_state.model.params)
+    trainable = lora.num_parameters(sim.server_state.model.params)
     frozen = lora.num_parameters(sim.server_state.frozen.value)
     print(f'{name}: LoRA rank {_LORA_RANK.value} (alpha '
           f'{_LORA_ALPHA.value:g}) on {_LORA_TARGETS.value!r}: {trainable:,} '
