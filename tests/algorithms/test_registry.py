@@ -6,12 +6,13 @@ import pytest
 
 import algorithms
 from algorithms import registry
+from fedjax_core.lora import LoRAConfig
 import tiny_problem as tiny
 
 ISSUE_NAMES = ('fedavg', 'fedavgm', 'fedadam', 'fedyogi', 'fedadagrad',
                'fedprox', 'scaffold', 'feddyn', 'fedcm', 'scaffold_m',
                'fedsam', 'fedasam', 'mofedsam', 'fedgamma', 'fedspeed',
-               'fedsmoo', 'fedamd')
+               'fedsmoo', 'fedamd', 'fedlora', 'ffa_lora')
 
 
 def _build(name, **kwargs):
@@ -22,7 +23,16 @@ def _build(name, **kwargs):
 def test_every_name_of_the_command_line_builds():
   assert set(ISSUE_NAMES) == set(algorithms.ALGORITHM_NAMES)
   for name in ISSUE_NAMES:
-    assert _build(name).server_update is not None
+    lora = None
+    if name in algorithms.LORA_ALGORITHMS:
+      lora = LoRAConfig(targets='Dense_0')
+    assert _build(name, lora=lora).server_update is not None
+
+
+def test_lora_settings_are_refused_by_other_algorithms():
+  with pytest.raises(ValueError, match='apply to fedlora, ffa_lora, not '
+                     'fedavg'):
+    _build('fedavg', lora=LoRAConfig(targets='Dense_0'))
 
 
 def test_hyperparameters_are_the_factory_keywords_with_defaults():
