@@ -8,6 +8,7 @@ character transformer (Radford et al. 2019) and a Vision Transformer
 """
 
 from collections.abc import Callable
+import functools
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -79,9 +80,18 @@ def get_model(name: str, example_shape: tuple[int, ...],
   if name not in _BUILDERS:
     raise ValueError(
         f'Unknown model {name!r}; valid models: {", ".join(MODEL_NAMES)}.')
-  module = _BUILDERS[name](tuple(example_shape), num_classes)
+  return _built_model(name, tuple(example_shape), num_classes)
+
+
+@functools.lru_cache(maxsize=None)
+def _built_model(name: str, example_shape: tuple[int, ...],
+                 num_classes: int) -> Model:
+  """`get_model`'s result, built once per process for each argument set:
+  its init is jitted (flax's eager init compiles each of its operations on
+  its own, about 6 s for the transformer on 2 CPU cores), and the same
+  functions let every jit that takes them as static arguments (e.g. the
+  evaluation) compile once."""
+  module = _BUILDERS[name](example_shape, num_classes)
   dummy = jnp.zeros((1, *example_shape), jnp.float32)
-  # Jitted: flax's eager init compiles each of its operations on its own
-  # (about 6 s for the transformer on 2 CPU cores).
   return Model(init=jax.jit(lambda rng: module.init(rng, dummy)),
                apply=module.apply)
