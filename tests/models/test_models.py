@@ -39,14 +39,21 @@ def test_model_names():
   assert MODEL_NAMES == ('cnn', 'logreg', 'mlp', 'transformer', 'vit')
 
 
-@pytest.mark.parametrize('name,shape', _CASES)
-def test_logits_shape_and_dtype(name, shape):
+@pytest.mark.parametrize('name,shape,num_classes', [
+    *[(name, shape, _NUM_CLASSES) for name, shape in _CASES],
+    ('transformer', (8,), 7),
+    ('transformer', (80,), 80),
+    ('vit', (8, 8, 1), 10),
+    ('vit', (32, 32, 3), 10),
+    ('vit', (28, 28, 1), 3),
+])
+def test_logits_shape_and_dtype(name, shape, num_classes):
   # Abstract evaluation traces the real code without compiling it.
-  model = get_model(name, shape, _NUM_CLASSES)
+  model = get_model(name, shape, num_classes)
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0))
   x = jax.ShapeDtypeStruct((_BATCH, *shape), jnp.float32)
   logits = jax.eval_shape(model.apply, params, x)
-  assert logits.shape == (_BATCH, _NUM_CLASSES)
+  assert logits.shape == (_BATCH, num_classes)
   assert logits.dtype == jnp.float32
 
 
