@@ -100,17 +100,16 @@ def _evaluate(evaluators: dict[str, Evaluator], params) -> dict[str, float]:
 
 def pretrain(workdir: str) -> dict[str, float]:
   """Trains (or resumes) the base; returns its final metrics."""
-  load = lambda part: datasets.load_central(
-      _DATASET.value, num_clients=1, seed=_SEED.value,
-      data_dir=_DATA_DIR.value, part=part)
-  data = load(_DATA_PART.value)
+  whole = datasets.load_central(_DATASET.value, num_clients=1,
+                                seed=_SEED.value, data_dir=_DATA_DIR.value)
+  data = datasets.select_part(whole, _DATA_PART.value)
   example_shape = tuple(data.train_x.shape[1:])
   model = models.get_model(_MODEL.value, example_shape, data.num_classes)
   evaluators = {_DATA_PART.value: Evaluator(model.apply, data.test_x,
                                             data.test_y)}
   other = _other_part(_DATA_PART.value)
   if other is not None:
-    other_data = load(other)
+    other_data = datasets.select_part(whole, other)
     evaluators[other] = Evaluator(model.apply, other_data.test_x,
                                   other_data.test_y)
   print(f'{_DATASET.value} ({_DATA_PART.value}): {len(data.train_y)} train / '
@@ -123,6 +122,9 @@ def pretrain(workdir: str) -> dict[str, float]:
       os.path.abspath(os.path.join(workdir, 'checkpoints')),
       options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
   step = manager.latest_step() or 0
+  save = lambda **kwargs: manager.save(
+      step, args=ocp.args.StandardSave(
+          {'params': params, 'opt_state': opt_state}), **kwargs)
   if step:
     restored = manager.restore(step, args=ocp.args.StandardRestore(
         {'params': params, 'opt_state': opt_state}))
@@ -150,11 +152,9 @@ def pretrain(workdir: str) -> dict[str, float]:
                    **_evaluate(evaluators, params)}
         bar.set_postfix({k: f'{v:.4f}' for k, v in metrics.items()
                          if k.endswith('accuracy')})
-        manager.save(step, args=ocp.args.StandardSave(
-            {'params': params, 'opt_state': opt_state}))
+        save()
   except KeyboardInterrupt:
-    manager.save(step, args=ocp.args.StandardSave(
-        {'params': params, 'opt_state': opt_state}), force=True)
+    save(force=True)
     manager.wait_until_finished()
     print(f'\nInterrupted; step {step} is saved in {workdir}. Re-run with '
           'the same --workdir to resume.')
