@@ -164,9 +164,9 @@ def _lora_algorithm(apply_fn, client_optimizer, server_optimizer, config, *,
     return server_state.replace(model=model), {
         'server_update_norm': update_norm,
         'trainable_params': jnp.float32(
-            lora.num_parameters(server_state.model.params)),
+            optax.tree.size(server_state.model.params)),
         'frozen_params': jnp.float32(
-            lora.num_parameters(server_state.frozen.value))}
+            optax.tree.size(server_state.frozen.value))}
 
   def aggregation_error(server_state, deltas, weights):
     return lora_aggregation_error(server_state.model.params, deltas, weights,

@@ -145,8 +145,3 @@ def _shifted(params: PyTree, deltas: dict[Path, jax.Array],
   for path, delta in deltas.items():
     flat[path] = flat[path] + sign * delta.astype(flat[path].dtype)
   return traverse_util.unflatten_dict(flat)
-
-
-def num_parameters(tree: PyTree) -> int:
-  """The number of scalars in `tree` (trainable or frozen parameters)."""
-  return sum(int(np.size(x)) for x in jax.tree.leaves(tree))

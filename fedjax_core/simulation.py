@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import tqdm
 
 from fedjax_core import aggregation
@@ -259,9 +260,8 @@ class Simulation:
     # One client's message in float32.
     self.message_bytes = 4 * sum(x.size for x in jax.tree.leaves(template))
     # The model broadcast in float32.
-    self.bytes_down = 4 * sum(
-        np.size(x) for x in jax.tree.leaves(algorithm.server_params(
-            self.server_state)))
+    self.bytes_down = 4 * optax.tree.size(
+        algorithm.server_params(self.server_state))
     self._message_template = template
     self._uplink = self._uplink_settings()
     self.store = ClientStateStore.replicate(

@@ -32,6 +32,7 @@ from absl import flags
 from absl import logging
 import jax
 import numpy as np
+import optax
 
 import algorithms
 import fedjax_core
@@ -536,8 +537,8 @@ def _describe(name: str, sim: simulation.Simulation, workdir: str) -> None:
   if config.robust is not None or config.attack is not None:
     print(f'{name}: {_byzantine_line(config)}')
   if name in algorithms.LORA_ALGORITHMS:
-    trainable = lora.num_parameters(sim.server_state.model.params)
-    frozen = lora.num_parameters(sim.server_state.frozen.value)
+    trainable = optax.tree.size(sim.server_state.model.params)
+    frozen = optax.tree.size(sim.server_state.frozen.value)
     print(f'{name}: LoRA rank {_LORA_RANK.value} (alpha '
           f'{_LORA_ALPHA.value:g}) on {_LORA_TARGETS.value!r}: {trainable:,} '
           f'trainable, {frozen:,} frozen parameters '

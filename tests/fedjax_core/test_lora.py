@@ -146,11 +146,3 @@ def test_unmerge_is_exact_where_float_arithmetic_is():
                             params['params']['query']['kernel'])
   jax.tree.map(np.testing.assert_array_equal,
                lora.unmerge(merged, adapters, config), params)
-
-
-def test_num_parameters():
-  params = _params()
-  assert lora.num_parameters(params) == 5 * 4 + 4 + 4 * 3 + 3
-  adapters = lora.init(jax.random.key(0), params,
-                       lora.LoRAConfig(rank=2, targets='query'))
-  assert lora.num_parameters(adapters) == 2 * 5 + 4 * 2
