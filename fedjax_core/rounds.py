@@ -69,7 +69,9 @@ class CompiledRound:
   """
 
   def __init__(self, algorithm: Algorithm, *, unroll: bool,
-               skip_empty_steps: bool, client_chunk: int | None = None,
+               skip_empty_steps: bool,
+               clients_in_parallel: int | None = None,
+               mesh: jax.sharding.Mesh | None = None,
                augment: local_training.AugmentFn | None = None,
                aggregator: aggregation.Aggregator | None = None,
                attack: attacks.Attack | None = None,
@@ -86,7 +88,9 @@ class CompiledRound:
     self._client_update = functools.partial(
         local_training.client_update, algorithm, unroll=unroll,
         skip_empty_steps=skip_empty_steps, augment=augment)
-    self._client_chunk = client_chunk
+    self._clients_in_parallel = clients_in_parallel
+    self._mesh = mesh
+    self._unroll = unroll
     self._jitted = jax.jit(self.body, donate_argnums=(0, 1, 2))
 
   def __call__(self, server_state, cohort_state, aggregator_state, train_x,
@@ -114,7 +118,8 @@ class CompiledRound:
           server_state, aggregator_state.pop(downlink_lib.BROADCAST_KEY),
           jax.random.fold_in(round_key, _DOWNLINK_STREAM))
 
-    def one_client(args):
+    def one_client(shared, args):
+      sent_state, train_x, train_y, round_key = shared
       client_state, client_id, indices, mask, poisoned = args
       rng = jax.random.fold_in(round_key, client_id)
       relabel = None
@@ -127,7 +132,8 @@ class CompiledRound:
     outputs, infos, train_metrics = placement.map_clients(
         one_client,
         (cohort_state, inputs.client_ids, inputs.indices, inputs.mask,
-         byzantine), chunk_size=self._client_chunk)
+         byzantine), self._clients_in_parallel, self._mesh, self._unroll,
+        shared=(sent_state, train_x, train_y, round_key))
     messages = outputs.message
     if attack is not None and not flips_labels:
       messages = _attacked(messages, byzantine, is_real,

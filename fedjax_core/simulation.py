@@ -37,10 +37,11 @@ from fedjax_core.checkpointing import Checkpointer
 from fedjax_core.data import FederatedDataset
 from fedjax_core.evaluation import Evaluator, LocalEvaluator
 from fedjax_core.metrics_writer import MetricsWriter, read_metrics
-from fedjax_core.state_store import ClientStateStore
+from fedjax_core.state_store import make_store, resolve_state_store
 
 PyTree = Any
-LOCAL_LOOPS = ('auto', 'scan', 'unroll')
+LOOPS = ('auto', 'scan', 'unroll')
+STATE_STORES = ('auto', 'device', 'host', 'sharded')
 PARTICIPATIONS = ('fixed', 'bernoulli')
 
 
@@ -75,10 +76,18 @@ class SimulationConfig:
     checkpoint_every: checkpoint every this many rounds (and after the last).
     workdir: where metrics, checkpoints and the summary go; None keeps
       nothing on disk.
-    local_loop: 'scan' (rolled loop over local steps), 'unroll', or 'auto'
-      (unroll convolutional models on CPU, where XLA runs convolutions inside
-      loops slowly; scan otherwise).
-    client_chunk: clients vmapped in lockstep; None for the whole cohort.
+    loop: 'scan' (a rolled loop over local steps, and `lax.map` over client
+      chunks), 'unroll' (both as straight-line code), or 'auto' (unroll
+      convolutional models on CPU, where XLA runs convolutions inside loops
+      slowly; scan otherwise).
+    clients_in_parallel: clients each device trains in lockstep (vmapped);
+      a device's other clients follow chunk by chunk. None: 'auto', which
+      is 1 for convolutional models on CPU (XLA:CPU runs per-client
+      convolutions vmapped slowly) and the whole cohort otherwise.
+    state_store: where the population's client state lives: 'host' (numpy,
+      the cohort's rows copied in and out each round), 'device' (every
+      device holds it whole), 'sharded' (split over the mesh's 'clients'
+      axis) or 'auto' (`state_store.resolve_state_store`).
     eval_batch_size: batch size of evaluation.
     progress: show a progress bar.
     size_buckets: the most local-step counts a run compiles for: each round
@@ -112,8 +121,9 @@ class SimulationConfig:
   eval_every: int = 1
   checkpoint_every: int = 10
   workdir: str | None = None
-  local_loop: str = 'auto'
-  client_chunk: int | None = None
+  loop: str = 'auto'
+  clients_in_parallel: int | None = None
+  state_store: str = 'auto'
   eval_batch_size: int = 1024
   progress: bool = True
   participation: str = 'fixed'
@@ -145,15 +155,18 @@ class SimulationConfig:
           '--num_clients.')
     if self.eval_every < 0:
       raise ValueError(f'--eval_every must be >= 0, got {self.eval_every}.')
-    if self.local_loop not in LOCAL_LOOPS:
-      raise ValueError(f'Unknown --local_loop {self.local_loop!r}; valid: '
-                       f'{", ".join(LOCAL_LOOPS)}.')
+    if self.loop not in LOOPS:
+      raise ValueError(f'Unknown --loop {self.loop!r}; valid: '
+                       f'{", ".join(LOOPS)}.')
+    if self.state_store not in STATE_STORES:
+      raise ValueError(f'Unknown --state_store {self.state_store!r}; valid: '
+                       f'{", ".join(STATE_STORES)}.')
     if self.participation not in PARTICIPATIONS:
       raise ValueError(f'Unknown --participation {self.participation!r}; '
                        f'valid: {", ".join(PARTICIPATIONS)}.')
-    if self.client_chunk is not None and self.client_chunk < 1:
-      raise ValueError(
-          f'--client_chunk must be positive, got {self.client_chunk}.')
+    if self.clients_in_parallel is not None and self.clients_in_parallel < 1:
+      raise ValueError(f'--clients_in_parallel must be positive, got '
+                       f'{self.clients_in_parallel}.')
     if self.robust is not None:
       self.robust.check_cohort(self.clients_per_round)
     if self.downlink is not None and self.downlink.momentum is not None:
@@ -166,22 +179,30 @@ class SimulationConfig:
                        'words; drop one of them.')
 
 
-def resolve_local_loop(local_loop: str, apply_fn, params,
-                       example_shape: tuple[int, ...]) -> str:
-  """The loop strategy `auto` stands for with this model and backend.
+def resolve_loop(loop: str, clients_in_parallel: int | None, apply_fn,
+                 params, example_shape: tuple[int, ...]
+                 ) -> tuple[str, int | None]:
+  """The loop strategy and clients in lockstep per device that 'auto' (and
+  `clients_in_parallel=None`) stand for with this model and backend.
 
-  A rolled `lax.scan`, except for models with convolutions on XLA:CPU, which
-  runs convolutions inside loops about 25x slower than unrolled
-  (jax-ml/jax#12868; see DESIGN.md). Dense models run as fast rolled and
-  compile several times faster (BUILD_NOTES.md).
+  On GPU and TPU: a rolled `lax.scan` with the whole cohort vmapped. On
+  XLA:CPU the same for dense models, which run as fast rolled and compile
+  several times faster (BUILD_NOTES.md); but for models with convolutions,
+  which XLA:CPU runs about 25x slower inside loops (jax-ml/jax#12868) and
+  several times slower vmapped with per-client weights (see DESIGN.md),
+  each device trains its clients one at a time, every local step
+  unrolled.
   """
-  if local_loop != 'auto':
-    return local_loop
-  if jax.default_backend() != 'cpu':
-    return 'scan'
-  x = jax.ShapeDtypeStruct((1,) + tuple(example_shape), jnp.float32)
-  jaxpr = jax.make_jaxpr(apply_fn)(params, x)
-  return 'unroll' if 'conv_general_dilated' in str(jaxpr) else 'scan'
+  convolutional = False
+  if jax.default_backend() == 'cpu':
+    x = jax.ShapeDtypeStruct((1,) + tuple(example_shape), jnp.float32)
+    jaxpr = jax.make_jaxpr(apply_fn)(params, x)
+    convolutional = 'conv_general_dilated' in str(jaxpr)
+  if loop == 'auto':
+    loop = 'unroll' if convolutional else 'scan'
+  if clients_in_parallel is None and convolutional:
+    clients_in_parallel = 1
+  return loop, clients_in_parallel
 
 
 class PreparedRound(NamedTuple):
@@ -245,15 +266,16 @@ class Simulation:
     init_key, server_key, self.rounds_key = jax.random.split(
         jax.random.key(config.seed), 3)
     params = model.init(init_key)
-    self.local_loop = resolve_local_loop(config.local_loop, model.apply,
-                                         params, dataset.example_shape)
+    self.loop, self.clients_in_parallel = resolve_loop(
+        config.loop, config.clients_in_parallel, model.apply, params,
+        dataset.example_shape)
     # Copies: an algorithm may put one array in its state twice (two zero
     # trees), and the round donates each leaf of the state.
-    self.server_state = jax.device_put(
+    self.server_state = placement.put(
         jax.tree.map(jnp.copy, algorithm.server_init(params, server_key)),
         replicated)
-    self._train_x = jax.device_put(dataset.train_x, replicated)
-    self._train_y = jax.device_put(dataset.train_y, replicated)
+    self._train_x = placement.put(dataset.train_x, replicated)
+    self._train_y = placement.put(dataset.train_y, replicated)
     template = rounds.message_template(
         algorithm, self.server_state, algorithm.client_state_init(params),
         self._train_x, self._train_y)
@@ -264,9 +286,13 @@ class Simulation:
         algorithm.server_params(self.server_state))
     self._message_template = template
     self._uplink = self._uplink_settings()
-    self.store = ClientStateStore.replicate(
-        self._with_uplink(algorithm).client_state_init(params),
-        dataset.num_clients)
+    one_client = self._with_uplink(algorithm).client_state_init(params)
+    self.store = make_store(
+        resolve_state_store(config.state_store, one_client,
+                            dataset.num_clients, self.mesh),
+        jax.tree.map(lambda x: np.repeat(np.asarray(x)[None],
+                                         dataset.num_clients, axis=0),
+                     one_client), dataset.num_clients, self.mesh)
     augment = None
     if config.augment:
       if len(dataset.example_shape) != 3:
@@ -324,7 +350,7 @@ class Simulation:
     if config.downlink is not None:  # Clients start from the initial model.
       aggregator_state[downlink.BROADCAST_KEY] = jax.tree.map(
           jnp.copy, algorithm.server_params(self.server_state))
-    self.aggregator_state = jax.device_put(aggregator_state, replicated)
+    self.aggregator_state = placement.put(aggregator_state, replicated)
     self._augment = augment
     self.round_fn = self.compiled_round(algorithm)
     self._evaluator = Evaluator(model.apply, dataset.test_x, dataset.test_y,
@@ -343,9 +369,10 @@ class Simulation:
     algorithm with other hyperparameters, as `VmappedRuns` builds it)."""
     config = self.config
     return rounds.CompiledRound(
-        self._with_uplink(algorithm), unroll=self.local_loop == 'unroll',
+        self._with_uplink(algorithm), unroll=self.loop == 'unroll',
         skip_empty_steps=config.local_steps is None,
-        client_chunk=config.client_chunk, augment=self._augment,
+        clients_in_parallel=self.clients_in_parallel, mesh=self.mesh,
+        augment=self._augment,
         aggregator=self._aggregator, attack=config.attack,
         num_classes=self.dataset.num_classes, downlink=config.downlink)
 
@@ -377,6 +404,8 @@ class Simulation:
     the accuracy on their own rows.
     """
     params = self._algorithm.evaluated_params(self.server_state)
+    if jax.process_count() > 1:  # Each process evaluates on its own device.
+      params = placement.to_host(params)
     test = self._evaluator(params)
     metrics = {'test_loss': test['loss'], 'test_accuracy': test['accuracy']}
     if self._local_evaluator:
@@ -415,7 +444,8 @@ class Simulation:
                                         self._client_steps[ids]),
         local_epochs=self._local_epochs,
         local_steps=self.config.local_steps)
-    pad = cohort - len(ids) + (-cohort % self.mesh.size)
+    pad = cohort - len(ids) + (-cohort % self.mesh.shape[
+        placement.CLIENTS_AXIS])
     padded_ids = np.concatenate([ids, np.zeros(pad, ids.dtype)])
 
     def pad_rows(a):
@@ -446,15 +476,14 @@ class Simulation:
     self._consistent = False
     server_state, cohort_state, aggregator_state, metrics = self.round_fn(
         self.server_state,
-        jax.device_put(prepared.cohort_state, self._cohort_sharding),
+        placement.put(prepared.cohort_state, self._cohort_sharding),
         self.aggregator_state, self._train_x, self._train_y,
-        jax.device_put(prepared.inputs, self._cohort_sharding), round_key)
+        placement.put(prepared.inputs, self._cohort_sharding), round_key)
     epsilon = self.epsilon_after(prepared.round_num)  # While it runs.
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    cohort_rows = jax.tree.map(np.asarray, jax.device_get(cohort_state))
     self.server_state = server_state
     self.aggregator_state = aggregator_state
-    return self.finish_round(prepared, metrics, cohort_rows, epsilon)
+    return self.finish_round(prepared, metrics, cohort_state, epsilon)
 
   def prepare_round(self) -> PreparedRound:
     """The host's work before the next round's compiled round: its cohort,
@@ -482,8 +511,8 @@ class Simulation:
                    cohort_state: PyTree, epsilon: float | None
                    ) -> dict[str, Any]:
     """The host's work after the compiled round: checks the loss, stores the
-    cohort's new client state (host arrays, padding rows included) and
-    returns the round's record.
+    cohort's new client state (padding rows included) and returns the
+    round's record.
 
     Raises:
       TrainingDivergedError: the train loss is not finite.
@@ -494,8 +523,7 @@ class Simulation:
           f'Training diverged: the train loss is {metrics["train_loss"]} in '
           f'round {round_num + 1}. Lower --client_lr or --server_lr.',
           round_num + 1)
-    self.store.scatter(ids, jax.tree.map(lambda a: a[:len(ids)],
-                                         cohort_state))
+    self.store.scatter(ids, cohort_state)
     self.completed_rounds += 1
     self._consistent = True
     wall_s = time.perf_counter() - prepared.start
@@ -545,22 +573,28 @@ class Simulation:
     self.server_state, stacked, self.aggregator_state = checkpointer.restore(
         completed, self.server_state, self.store.stacked,
         self.aggregator_state)
-    self.store = ClientStateStore(stacked, self.dataset.num_clients)
+    self.store = make_store(self.store.placement, stacked,
+                            self.dataset.num_clients, self.mesh)
     self.completed_rounds = completed
 
   def run(self) -> dict[str, Any]:
     """Runs (or resumes) the whole simulation and returns its summary."""
     workdir = self.config.workdir
+    # Every process checkpoints (orbax writes collectively); only the first
+    # logs.
+    main = placement.is_main_process()
     checkpointer = writer = None
     if workdir:
       checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'))
       self._restore(checkpointer)
-      writer = MetricsWriter(os.path.join(workdir, 'metrics.jsonl'),
-                             self.completed_rounds)
+      if main:
+        writer = MetricsWriter(os.path.join(workdir, 'metrics.jsonl'),
+                               self.completed_rounds)
     saved = self.completed_rounds
     unwritten = None  # A finished round's record not yet in metrics.jsonl.
     bar = tqdm.tqdm(total=self.final_round, initial=saved, unit='round',
-                    disable=not self.config.progress, dynamic_ncols=True)
+                    disable=not (self.config.progress and main),
+                    dynamic_ncols=True)
     try:
       while self.completed_rounds < self.final_round:
         record = unwritten = self.run_round()
@@ -598,10 +632,10 @@ class Simulation:
       if writer:
         writer.close()
     history = self.history
-    if workdir:
+    if writer:
       history = read_metrics(os.path.join(workdir, 'metrics.jsonl'))
     summary = {**summarize(history), **self.privacy_summary()}
-    if not workdir:
+    if not writer:
       return summary
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
       json.dump(summary, f, indent=2)

@@ -170,6 +170,9 @@ class VmappedRuns:
     self.num_traces = 0
     self._consistent = True  # server state, stores and round count agree.
     self.diverged: dict[int, TrainingDivergedError] = {}
+    for sim in self._sims:  # The group stacks its runs' stores on the host.
+      sim.store = ClientStateStore(jax.device_get(sim.store.stacked),
+                                   sim.dataset.num_clients)
     mesh = first.mesh
     self._replicated = placement.replicated_sharding(mesh)
     self._cohort_sharding = jax.NamedSharding(

@@ -75,7 +75,7 @@ def _simulation(algorithm, num_rounds, clients_per_round, batch_size=3):
   config = SimulationConfig(num_rounds=num_rounds,
                             clients_per_round=clients_per_round,
                             batch_size=batch_size, local_epochs=EPOCHS,
-                            eval_every=0, local_loop='scan',
+                            eval_every=0, loop='scan',
                             progress=False)
   return Simulation(algorithm, tiny.model(), tiny.dataset(), config)
 

@@ -78,7 +78,7 @@ def _np_fedopt(w, b, server, server_lr, weighted, momentum=0.9, b1=0.9,
   return params
 
 
-def _engine(server, server_lr, weighted, local_loop='scan'):
+def _engine(server, server_lr, weighted, loop='scan'):
   model = models.get_model('logreg', (3,), 2)
   algorithm = fedavg(
       model.apply, optimizers.client_optimizer('sgd', CLIENT_LR),
@@ -86,7 +86,7 @@ def _engine(server, server_lr, weighted, local_loop='scan'):
       weighted=weighted)
   config = SimulationConfig(num_rounds=NUM_ROUNDS, clients_per_round=2,
                             batch_size=3, local_epochs=LOCAL_EPOCHS,
-                            eval_every=0, local_loop=local_loop,
+                            eval_every=0, loop=loop,
                             progress=False)
   sim = Simulation(algorithm, model, _dataset(), config)
   dense = algorithm.server_params(sim.server_state)['params']['Dense_0']
@@ -114,8 +114,8 @@ def test_matches_numpy_restatement(server, server_lr, weighted):
 
 
 def test_unrolled_loop_gives_the_same_model():
-  _, (w_scan, b_scan) = _engine('adam', 0.1, True, local_loop='scan')
-  _, (w_unroll, b_unroll) = _engine('adam', 0.1, True, local_loop='unroll')
+  _, (w_scan, b_scan) = _engine('adam', 0.1, True, loop='scan')
+  _, (w_unroll, b_unroll) = _engine('adam', 0.1, True, loop='unroll')
   np.testing.assert_allclose(w_unroll, w_scan, rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(b_unroll, b_scan, rtol=1e-6, atol=1e-7)
 

@@ -49,7 +49,7 @@ def _simulation(name, num_rounds, server_optimizer=None):
       server_lr=None if server_optimizer is None else 0.5, lora=_config())
   config = SimulationConfig(num_rounds=num_rounds, clients_per_round=2,
                             batch_size=3, local_epochs=EPOCHS, eval_every=0,
-                            local_loop='scan', progress=False)
+                            loop='scan', progress=False)
   return algorithm, Simulation(algorithm, tiny.model(), tiny.dataset(),
                                config)
 
@@ -249,7 +249,7 @@ def test_the_frozen_base_is_never_copied_per_client():
                                                    targets='Dense_0'))
   config = SimulationConfig(num_rounds=1, clients_per_round=2, batch_size=2,
                             local_epochs=1, eval_every=0, progress=False,
-                            local_loop='scan')
+                            loop='scan')
   sim = Simulation(algorithm, model, tiny.dataset(), config)
   prepared = sim.prepare_round()
   jaxpr = jax.make_jaxpr(sim.round_fn.body)(

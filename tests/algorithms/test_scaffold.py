@@ -2,6 +2,7 @@
 float64 numpy re-statement of their update rules (see algorithms/scaffold.py
 for the equations)."""
 
+import chex
 import jax
 import numpy as np
 import optax
@@ -144,11 +145,9 @@ def test_bad_hyperparameters_are_errors(factory, kwargs, match):
     factory(tiny.model().apply, LocalSGD(0.1), optax.sgd(1.0), **kwargs)
 
 
-def test_population_100x_the_cohort_keeps_client_state_on_the_host():
-  """SCAFFOLD on 200 clients, 2 a round: the control variates of the whole
-  population live in the host store, no device array has a population
-  axis, and the server's c stays the population mean of the c_i."""
-  population, rng = 200, np.random.default_rng(0)
+def _wide_population_run(population, state_store):
+  """SCAFFOLD on `population` clients, 2 a round, for 6 rounds."""
+  rng = np.random.default_rng(0)
   x = rng.normal(size=(3 * population, 3)).astype(np.float32)
   y = rng.integers(0, 2, size=3 * population).astype(np.int32)
   dataset = FederatedDataset(
@@ -159,9 +158,19 @@ def test_population_100x_the_cohort_keeps_client_state_on_the_host():
   algorithm = scaffold(tiny.model().apply, LocalSGD(0.3), optax.sgd(1.0),
                        num_clients=population)
   config = SimulationConfig(num_rounds=6, clients_per_round=2, batch_size=3,
-                            local_steps=2, eval_every=0, progress=False)
+                            local_steps=2, eval_every=0, progress=False,
+                            state_store=state_store)
   sim = Simulation(algorithm, tiny.model(), dataset, config)
   sim.run()
+  return sim
+
+
+def test_population_100x_the_cohort_keeps_client_state_on_the_host():
+  """SCAFFOLD on 200 clients, 2 a round: the control variates of the whole
+  population live in the host store, no device array has a population
+  axis, and the server's c stays the population mean of the c_i."""
+  population = 200
+  sim = _wide_population_run(population, 'host')
 
   assert sim.round_fn.num_traces == 1
   for array in jax.live_arrays():
@@ -175,3 +184,20 @@ def test_population_100x_the_cohort_keeps_client_state_on_the_host():
   np.testing.assert_allclose(
       sim.server_state.control['params']['Dense_0']['kernel'],
       controls.astype(np.float64).mean(axis=0), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize('state_store', ['device', 'sharded'])
+def test_device_state_stores_match_the_host_store(state_store):
+  """Device-resident and sharded stores hold the population on the device
+  and give the host store's control variates and server state bit for
+  bit."""
+  population = 200
+  host = _wide_population_run(population, 'host')
+  sim = _wide_population_run(population, state_store)
+  assert sim.store.placement == state_store
+  assert any(a.shape[:1] == (population,) for a in jax.live_arrays())
+  assert sim.round_fn.num_traces == 1
+  chex.assert_trees_all_equal(jax.device_get(sim.store.stacked),
+                              host.store.stacked)
+  chex.assert_trees_all_equal(jax.device_get(sim.server_state),
+                              jax.device_get(host.server_state))

@@ -60,7 +60,7 @@ def as_numpy(params) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run(algorithm, num_rounds: int, local_epochs: int = 2,
-        local_loop: str = 'scan', participation: str = 'fixed',
+        loop: str = 'scan', participation: str = 'fixed',
         clients_per_round: int = 2):
   """Runs `algorithm` for `num_rounds` rounds with seed 0.
 
@@ -74,7 +74,7 @@ def run(algorithm, num_rounds: int, local_epochs: int = 2,
   config = SimulationConfig(num_rounds=num_rounds,
                             clients_per_round=clients_per_round,
                             batch_size=3, local_epochs=local_epochs,
-                            eval_every=0, local_loop=local_loop,
+                            eval_every=0, loop=loop,
                             participation=participation, progress=False)
   sim = Simulation(algorithm, model(), dataset(), config)
   init = as_numpy(algorithm.server_params(sim.server_state))

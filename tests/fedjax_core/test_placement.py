@@ -67,15 +67,16 @@ def _fn(client):
   return {'p': jnp.tanh(x) * y, 's': jnp.sum(x ** 2) + jnp.exp(y)}
 
 
+@pytest.mark.parametrize('unroll', [False, True])
 @pytest.mark.parametrize('chunk_size', [None, 1, 2, 5, 8])
-def test_map_clients_matches_a_loop_over_clients(chunk_size):
-  """vmap, chunked lax.map (incl. a ragged last chunk) and one-by-one all
-  equal a numpy loop over the 5 clients."""
+def test_map_clients_matches_a_loop_over_clients(chunk_size, unroll):
+  """vmap, chunks (a `lax.map` or straight-line code, incl. a ragged last
+  chunk) and one-by-one all equal a numpy loop over the 5 clients."""
   rng = np.random.default_rng(1)
   x = rng.normal(size=(5, 3)).astype(np.float32)
   y = rng.normal(size=(5,)).astype(np.float32)
   out = placement.map_clients(_fn, {'x': jnp.asarray(x), 'y': jnp.asarray(y)},
-                              chunk_size=chunk_size)
+                              chunk_size, unroll=unroll)
   chex.assert_shape(out['p'], (5, 3))
   chex.assert_shape(out['s'], (5,))
   for i in range(5):

@@ -12,7 +12,7 @@ import pytest
 
 import algorithms
 from fedjax_core import Simulation, SimulationConfig, TrainingDivergedError
-from fedjax_core.simulation import resolve_local_loop
+from fedjax_core.simulation import resolve_loop
 from fedjax_core import Checkpointer, read_metrics, sample_clients
 from fedjax_core import sampling
 from fedjax_core.datasets import load_dataset
@@ -247,7 +247,9 @@ def test_divergence_stops_with_the_round_and_keeps_last_checkpoint(
     (dict(batch_size=10_000), 'larger than every client'),
     (dict(num_rounds=0), 'num_rounds must be positive'),
     (dict(local_epochs=1, local_steps=5), 'exactly one of'),
-    (dict(local_loop='fast'), "Unknown --local_loop 'fast'"),
+    (dict(loop='fast'), "Unknown --loop 'fast'"),
+    (dict(state_store='disk'), "Unknown --state_store 'disk'"),
+    (dict(clients_in_parallel=0), 'clients_in_parallel must be positive'),
     (dict(participation='poisson'), "Unknown --participation 'poisson'"),
 ])
 def test_bad_settings_fail_before_compiling(dataset, overrides, message):
@@ -265,15 +267,17 @@ def test_summary_file_is_written(dataset, tmp_path):
 
 
 @pytest.mark.parametrize('model_name, shape, want', [
-    ('mlp', (8, 8, 1), 'scan'),
-    ('cnn', (8, 8, 1), 'unroll'),
+    ('mlp', (8, 8, 1), ('scan', None)),
+    ('cnn', (8, 8, 1), ('unroll', 1)),
 ])
-def test_auto_loop_unrolls_only_convolutions_on_cpu(model_name, shape, want):
+def test_auto_loop_runs_convolutions_one_client_at_a_time_unrolled_on_cpu(
+    model_name, shape, want):
   model = models.get_model(model_name, shape, 10)
   params = model.init(jax.random.key(0))
   assert jax.default_backend() == 'cpu'
-  assert resolve_local_loop('auto', model.apply, params, shape) == want
-  assert resolve_local_loop('scan', model.apply, params, shape) == 'scan'
+  assert resolve_loop('auto', None, model.apply, params, shape) == want
+  assert resolve_loop('scan', 4, model.apply, params, shape) == ('scan', 4)
+  assert resolve_loop('scan', None, model.apply, params, shape)[0] == 'scan'
 
 
 def test_interrupt_during_evaluation_keeps_the_round_in_the_log(dataset,
