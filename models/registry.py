@@ -3,8 +3,9 @@
 Models follow McMahan et al. 2017, "Communication-Efficient Learning of Deep
 Networks from Decentralized Data" (the 2NN MLP and the CNNs), plus the
 multinomial logistic regression of convex federated benchmarks, a GPT-style
-character transformer (Radford et al. 2019) and a Vision Transformer
-(Dosovitskiy et al. 2021).
+character transformer (Radford et al. 2019), a Vision Transformer
+(Dosovitskiy et al. 2021) and the GroupNorm ResNet-18 (He et al. 2016; Wu & He
+2018) of the FL-Simulator of Sun et al. 2023, "FedSpeed".
 """
 
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 from models.cnn import build_cnn
 from models.logreg import LogisticRegression
 from models.mlp import MLP
+from models.resnet import build_resnet18_gn
 from models.transformer import build_transformer
 from models.vit import build_vit
 
@@ -54,6 +56,7 @@ _BUILDERS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
     'cnn': build_cnn,
     'logreg': _build_logreg,
     'mlp': _build_mlp,
+    'resnet18_gn': build_resnet18_gn,
     'transformer': build_transformer,
     'vit': build_vit,
 }

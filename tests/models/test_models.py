@@ -36,7 +36,8 @@ def _inputs(shape):
 
 
 def test_model_names():
-  assert MODEL_NAMES == ('cnn', 'logreg', 'mlp', 'transformer', 'vit')
+  assert MODEL_NAMES == ('cnn', 'logreg', 'mlp', 'resnet18_gn', 'transformer',
+                         'vit')
 
 
 @pytest.mark.parametrize('name,shape,num_classes', [
