@@ -23,6 +23,7 @@ Examples:
       --init_checkpoint=/tmp/base/base --lora_rank=4 --workdir=/tmp/lora
 """
 
+import functools
 import os
 import sys
 import time
@@ -40,6 +41,7 @@ from fedjax_core import aggregation
 from fedjax_core import attacks
 from fedjax_core import compression
 from fedjax_core import datasets
+from fedjax_core import distributed
 from fedjax_core import dp_sgd
 from fedjax_core import lora
 from fedjax_core import optimizers
@@ -163,14 +165,35 @@ _CHECKPOINT_EVERY = flags.DEFINE_integer(
     'checkpoint_every', 10, 'Checkpoint every this many rounds.')
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Output directory (default: a new runs/TIMESTAMP).')
-_LOCAL_LOOP = flags.DEFINE_enum(
-    'local_loop', 'auto', simulation.LOCAL_LOOPS,
-    'Loop over local steps: scan, unroll, or auto (unroll convolutional '
-    'models on CPU, scan otherwise).')
-_CLIENT_CHUNK = flags.DEFINE_integer(
-    'client_chunk', None, 'Clients trained in lockstep (vmap width); '
-    'default: the whole cohort.')
+_LOOP = flags.DEFINE_enum(
+    'loop', 'auto', simulation.LOOPS,
+    'Loop over local steps and client chunks: scan (rolled), unroll '
+    '(straight-line code), or auto (unroll convolutional models on CPU, '
+    'scan otherwise).')
+_CLIENTS_IN_PARALLEL = flags.DEFINE_integer(
+    'clients_in_parallel', None, 'Clients each device trains in lockstep '
+    '(vmap width); its other clients follow chunk by chunk. Default: 1 for '
+    'convolutional models on CPU, else the whole cohort.')
+_STATE_STORE = flags.DEFINE_enum(
+    'state_store', 'auto', simulation.STATE_STORES,
+    'Where the clients\' persistent state lives: host (numpy), device '
+    '(whole on every device), sharded (split over the devices), or auto '
+    '(on the devices while it takes at most a quarter of their memory).')
+_MESH_SHAPE = flags.DEFINE_string(
+    'mesh_shape', None, 'Devices on the mesh\'s axes: "CLIENTS" or '
+    '"CLIENTS,MODEL" (the model axis replicates, for now); default: every '
+    'device on the clients axis.')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0 of a multi-process '
+    'run (jax.distributed); give --num_processes and --process_id too. '
+    'Under a TPU pod, SLURM or Open MPI launch, leave all three unset: they '
+    'are read from the environment. Only process 0 prints and writes logs.')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'Processes of a multi-process run.')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'This process\'s index in a multi-process run, from '
+    '0.')
 _CPU_DEVICES = flags.DEFINE_integer(
     'cpu_devices', None, 'On CPU, JAX devices to split the host into; the '
     'cohort is sharded over them (default: one per core; 1 disables).')
@@ -515,11 +538,18 @@ def _config(seed: int, workdir: str | None,
       batch_size=_BATCH_SIZE.value, local_epochs=_LOCAL_EPOCHS.value,
       local_steps=_LOCAL_STEPS.value, seed=seed,
       eval_every=_EVAL_EVERY.value, checkpoint_every=_CHECKPOINT_EVERY.value,
-      workdir=workdir, local_loop=_LOCAL_LOOP.value,
-      client_chunk=_CLIENT_CHUNK.value, progress=progress,
+      workdir=workdir, loop=_LOOP.value,
+      clients_in_parallel=_CLIENTS_IN_PARALLEL.value,
+      state_store=_STATE_STORE.value, progress=progress,
       participation=_participation(), size_buckets=_SIZE_BUCKETS.value,
       augment=_AUGMENT.value, **_privacy_settings(),
       **_byzantine_settings())
+
+
+@functools.cache
+def _mesh() -> jax.sharding.Mesh:
+  """The device mesh of --mesh_shape."""
+  return placement.build_mesh(_MESH_SHAPE.value)
 
 
 def _describe(name: str, sim: simulation.Simulation, workdir: str) -> None:
@@ -527,7 +557,10 @@ def _describe(name: str, sim: simulation.Simulation, workdir: str) -> None:
   config = sim.config
   buckets = ', '.join(str(b) for b in sim.step_buckets)
   print(f'{name}: local steps of batch {config.batch_size} padded to '
-        f'{buckets}, loop={sim.local_loop}, workdir={workdir}')
+        f'{buckets}, loop={sim.loop}, clients in parallel per device='
+        f'{sim.clients_in_parallel or "all"}, state store='
+        f'{sim.store.placement}, devices={sim.mesh.size}, '
+        f'workdir={workdir}')
   if sim.privacy is not None:
     print(f'{name}: client-level DP with noise multiplier '
           f'{sim.privacy.noise_multiplier:.4g}, clip {_DP_CLIP_NORM.value:g}; '
@@ -549,7 +582,8 @@ def _run_one(name: str, dataset, model, workdir: str) -> dict:
   """Trains algorithm `name` and returns its summary."""
   algorithm = _build(name, model.apply, dataset.num_clients)
   sim = simulation.Simulation(algorithm, model, dataset,
-                              _config(_SEED.value, workdir, _PROGRESS.value))
+                              _config(_SEED.value, workdir, _PROGRESS.value),
+                              mesh=_mesh())
   _describe(name, sim, workdir)
   summary = sim.run()
   if 'stopped_by_privacy_budget' in summary:
@@ -572,7 +606,7 @@ def _run_vmapped(name: str, datasets_by_seed: dict, model,
       _write_partition(run_dir, dataset)
       sim = simulation.Simulation(
           _build(name, model.apply, dataset.num_clients, overrides), model,
-          dataset, _config(seed, None, False))
+          dataset, _config(seed, None, False), mesh=_mesh())
       runs.append(fedjax_core.Run(sim, run_dir, overrides))
       labels.append(label)
   _describe(name, runs[0].simulation, workdir)
@@ -591,7 +625,9 @@ def _run_vmapped(name: str, datasets_by_seed: dict, model,
 
 def _write_partition(workdir: str, dataset) -> str:
   """Writes WORKDIR/partition.json and partition.png; returns a one-line
-  summary of the split."""
+  summary of the split (process 0 only; others write nothing)."""
+  if not placement.is_main_process():
+    return ''
   os.makedirs(workdir, exist_ok=True)
   info = dataset.partition_info
   counts = partition_report.label_counts(
@@ -677,6 +713,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   placement.use_cpu_device_per_core(_CPU_DEVICES.value)
+  try:
+    distributed.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
+                           _PROCESS_ID.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  if not placement.is_main_process():
+    sys.stdout = open(os.devnull, 'w')  # Process 0 reports for all.
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Hides orbax's per-save INFO lines.
   if _LOCAL_EPOCHS.value is not None and _LOCAL_STEPS.value is not None:
@@ -687,6 +730,7 @@ def main(argv):
   try:
     _check_hparam_targets(names)
     _check_flag_groups()
+    _mesh()  # A bad --mesh_shape fails before any data is read.
     if _NUM_SEEDS.value < 1:
       raise ValueError(f'--num_seeds must be positive, got '
                        f'{_NUM_SEEDS.value}.')
