@@ -89,17 +89,25 @@ from fedjax_core import simulation
 from fedjax_core import uplink
 import models
 
-WORKLOADS = ('mlp', 'fedspeed', 'privacy', 'robustness', 'cohort_assembly',
-             'sweep')
+WORKLOADS = ('mlp', 'cnn_cifar', 'resnet18_gn', 'population', 'fedspeed',
+             'privacy', 'robustness', 'cohort_assembly', 'sweep')
+# Workloads whose limits run in a child process.
+_LIMITED = ('mlp', 'cnn_cifar')
 
 _WORKLOAD = flags.DEFINE_enum('workload', 'mlp', WORKLOADS, 'What to run.')
 _ROUNDS = flags.DEFINE_integer('rounds', 7, 'Timed rounds after warm-up.')
 _REPEATS = flags.DEFINE_integer(
     'repeats', 5, 'Timed repetitions of each limit.')
-_LOCAL_LOOP = flags.DEFINE_enum('local_loop', 'auto', simulation.LOCAL_LOOPS,
-                                'Loop over local steps.')
-_CLIENT_CHUNK = flags.DEFINE_integer(
-    'client_chunk', None, 'Clients vmapped in lockstep (default: all).')
+_LOOP = flags.DEFINE_enum('loop', 'auto', simulation.LOOPS,
+                          'Loop over local steps and client chunks.')
+_CLIENTS_IN_PARALLEL = flags.DEFINE_integer(
+    'clients_in_parallel', None,
+    'Clients each device trains in lockstep (default: auto).')
+_STATE_STORE = flags.DEFINE_enum(
+    'state_store', 'auto', simulation.STATE_STORES,
+    'Placement of the client-state store.')
+_MESH_SHAPE = flags.DEFINE_string(
+    'mesh_shape', None, '"CLIENTS" or "CLIENTS,MODEL" devices.')
 _CPU_DEVICES = flags.DEFINE_integer(
     'cpu_devices', None, 'On CPU, JAX devices to split the host into; the '
     'cohort is sharded over them (default: one per core; 1 disables).')
@@ -114,6 +122,7 @@ _OUTPUT = flags.DEFINE_string(
 # Workload `cohort_assembly`.
 _POPULATIONS = (1_000, 10_000, 100_000)
 _EXAMPLES_PER_CLIENT, _ASSEMBLY_COHORT, _ASSEMBLY_BATCH = 20, 100, 10
+_POPULATION_COHORT = 10  # Workload `population`.
 
 # Workload `sweep`: FedAvg with logistic regression on Synthetic(1, 1).
 _SWEEP_FLAGS = ('--algorithm=fedavg', '--dataset=synthetic', '--model=logreg',
@@ -121,6 +130,13 @@ _SWEEP_FLAGS = ('--algorithm=fedavg', '--dataset=synthetic', '--model=logreg',
                 '--local_steps=20', '--batch_size=10', '--num_rounds=200',
                 '--progress=false')
 _SWEEP_SEEDS, _SWEEP_CYCLES = 8, 2
+
+# Workloads `cnn_cifar` and `resnet18_gn`: CIFAR-10-shaped random data.
+_CIFAR_SHAPE, _CIFAR_CLIENTS, _CIFAR_EXAMPLES = (32, 32, 3), 100, 500
+_CIFAR_COHORT, _CIFAR_BATCH, _CIFAR_TEST = 10, 50, 10_000
+_RESNET_EPOCHS = flags.DEFINE_integer(
+    'resnet_epochs', 5, 'Local epochs of workload resnet18_gn (FL-Simulator: '
+    '5).')
 
 # Workload `mlp`.
 _COHORT, _STEPS, _BATCH, _DIM, _CLASSES = 10, 50, 10, 784, 10
@@ -253,10 +269,30 @@ def _mlp_simulation(x, y, name: str, config_overrides=None,
                                          client_lr=_LR, hparams=hparams)
   config = SimulationConfig(
       num_rounds=1 + 2 * _ROUNDS.value, clients_per_round=_COHORT,
-      batch_size=_BATCH, local_steps=_STEPS, local_loop=_LOCAL_LOOP.value,
-      client_chunk=_CLIENT_CHUNK.value, progress=False,
-      **(config_overrides or {}))
-  return Simulation(algorithm, model, dataset, config)
+      batch_size=_BATCH, local_steps=_STEPS, progress=False,
+      **_placement_settings(), **(config_overrides or {}))
+  return Simulation(algorithm, model, dataset, config, mesh=_mesh())
+
+
+def _placement_settings() -> dict:
+  """The SimulationConfig fields of the placement flags."""
+  return dict(loop=_LOOP.value,
+              clients_in_parallel=_CLIENTS_IN_PARALLEL.value,
+              state_store=_STATE_STORE.value)
+
+
+def _mesh() -> jax.sharding.Mesh:
+  return placement.build_mesh(_MESH_SHAPE.value)
+
+
+def _placement_figures(sim: Simulation) -> dict:
+  """How `sim` ran: its devices, loop and store, and its round's traces
+  (1: no second compile after round 1)."""
+  return {'backend': jax.default_backend(), 'devices': sim.mesh.size,
+          'loop': sim.loop,
+          'clients_in_parallel': sim.clients_in_parallel,
+          'state_store': sim.store.placement,
+          'num_traces': sim.round_fn.num_traces}
 
 
 def _peak_host_mb() -> float:
@@ -277,7 +313,7 @@ def _interleaved_comparison(workload: str, runs: dict[str, Simulation],
   medians = {name: statistics.median(t) for name, t in times.items()}
   result = {'workload': workload, 'backend': jax.default_backend(),
             'devices': jax.device_count(),
-            'local_loop': runs[baseline].local_loop,
+            'loop': runs[baseline].loop,
             'max_num_traces': max(sim.round_fn.num_traces
                                   for sim in runs.values())}
   for name in runs:
@@ -364,10 +400,7 @@ def benchmark_mlp() -> dict:
       *_cohort_arrays(x, y), _REPEATS.value)
   return {
       'workload': 'mlp',
-      'backend': jax.default_backend(),
-      'devices': jax.device_count(),
-      'local_loop': sim.local_loop,
-      'client_chunk': _CLIENT_CHUNK.value,
+      **_placement_figures(sim),
       'compile_s': first_round_s - round_s,
       's_per_round': round_s,
       'examples_per_s': _COHORT * _STEPS * _BATCH / round_s,
@@ -378,8 +411,158 @@ def benchmark_mlp() -> dict:
       'ratio_per_client_limit': round_s / per_client_s,
       'peak_mem_mb': _peak_host_mb(),
       'peak_device_mem_mb': _peak_device_mb(),
-      'num_traces': sim.round_fn.num_traces,
   }
+
+
+def _cifar_data(num_examples: int) -> tuple[np.ndarray, np.ndarray]:
+  """Random CIFAR-10-shaped uint8 images and labels."""
+  rng = np.random.default_rng(0)
+  return (rng.integers(0, 256, (num_examples, *_CIFAR_SHAPE), np.uint8),
+          rng.integers(0, _CLASSES, num_examples).astype(np.int32))
+
+
+def _cifar_simulation(name: str, model_name: str, local_epochs: int,
+                      num_rounds: int) -> Simulation:
+  """`name` on 100 clients of 500 random CIFAR-shaped examples, 10 a
+  round, batches of 50."""
+  x, y = _cifar_data(_CIFAR_CLIENTS * _CIFAR_EXAMPLES)
+  test_x, test_y = _cifar_data(_CIFAR_TEST)
+  clients = tuple(np.arange(i * _CIFAR_EXAMPLES, (i + 1) * _CIFAR_EXAMPLES)
+                  for i in range(_CIFAR_CLIENTS))
+  dataset = FederatedDataset(name='random_cifar', train_x=x, train_y=y,
+                             client_indices=clients, test_x=test_x,
+                             test_y=test_y, num_classes=_CLASSES)
+  model = models.get_model(model_name, _CIFAR_SHAPE, _CLASSES)
+  algorithm = algorithms.build_algorithm(
+      name, model.apply, num_clients=_CIFAR_CLIENTS, client_lr=_LR)
+  config = SimulationConfig(
+      num_rounds=num_rounds, clients_per_round=_CIFAR_COHORT,
+      batch_size=_CIFAR_BATCH, local_epochs=local_epochs, eval_every=0,
+      progress=False, **_placement_settings())
+  return Simulation(algorithm, model, dataset, config, mesh=_mesh())
+
+
+def cnn_cifar_limits() -> dict:
+  """The sequential and batched limits of workload `cnn_cifar`: the round's
+  100 SGD steps of batch 50, and its 10 steps at batch 500 (cohort x
+  batch), each as a Python loop over one jitted step."""
+  model = models.get_model('cnn', _CIFAR_SHAPE, _CLASSES)
+  params = model.init(jax.random.key(0))
+  step = _sgd_step_fn(model)
+  x, y = _cifar_data(_CIFAR_COHORT * _CIFAR_EXAMPLES)
+  x = jnp.asarray(x, jnp.float32) / 255.0
+  seq_x = x.reshape(-1, _CIFAR_BATCH, *_CIFAR_SHAPE)
+  seq_y = jnp.asarray(y).reshape(-1, _CIFAR_BATCH)
+  steps = _CIFAR_EXAMPLES // _CIFAR_BATCH
+  return {
+      'sequential_limit_s': _python_loop_seconds(step, params, seq_x, seq_y,
+                                                 _REPEATS.value),
+      'batched_limit_s': _python_loop_seconds(
+          step, params, seq_x.reshape(steps, -1, *_CIFAR_SHAPE),
+          seq_y.reshape(steps, -1), _REPEATS.value),
+  }
+
+
+def _timed_rounds(sim: Simulation) -> tuple[float, float]:
+  """Compile seconds (the first round's excess) and the median seconds of
+  the next `--rounds` rounds."""
+  first = sim.run_round()['wall_s']
+  median = statistics.median(sim.run_round()['wall_s']
+                             for _ in range(_ROUNDS.value))
+  return first - median, median
+
+
+def benchmark_cnn_cifar() -> dict:
+  """Workload `cnn_cifar`: FedAvg with McMahan's CIFAR CNN, 10 of 100
+  clients a round, one local epoch of 10 steps of batch 50."""
+  sim = _cifar_simulation('fedavg', 'cnn', 1, 1 + _ROUNDS.value)
+  compile_s, round_s = _timed_rounds(sim)
+  limits = _limits_in_child_process()
+  return {
+      'workload': 'cnn_cifar',
+      **_placement_figures(sim),
+      'compile_s': compile_s,
+      's_per_round': round_s,
+      'examples_per_s': _CIFAR_COHORT * _CIFAR_EXAMPLES / round_s,
+      **limits,
+      'ratio_sequential_limit': round_s / limits['sequential_limit_s'],
+      'ratio_batched_limit': round_s / limits['batched_limit_s'],
+      'peak_mem_mb': _peak_host_mb(),
+      'peak_device_mem_mb': _peak_device_mb(),
+  }
+
+
+def benchmark_resnet18_gn() -> dict:
+  """Workload `resnet18_gn`: FL-Simulator's CIFAR-10 setup (ResNet-18 with
+  GroupNorm, 10 of 100 clients, batch 50, `--resnet_epochs` local epochs)
+  for FedAvg and FedSpeed; evaluation on 10,000 test images timed apart."""
+  result = {'workload': 'resnet18_gn', 'local_epochs': _RESNET_EPOCHS.value}
+  for name in ('fedavg', 'fedspeed'):
+    sim = _cifar_simulation(name, 'resnet18_gn', _RESNET_EPOCHS.value,
+                            1 + _ROUNDS.value)
+    compile_s, round_s = _timed_rounds(sim)
+    sim.evaluate()  # Compiles the evaluation.
+    start = time.perf_counter()
+    sim.evaluate()
+    result.update({
+        **_placement_figures(sim),
+        f'compile_s_{name}': compile_s,
+        f's_per_round_{name}': round_s,
+        f'examples_per_s_{name}': (_CIFAR_COHORT * _CIFAR_EXAMPLES
+                                   * _RESNET_EPOCHS.value / round_s),
+        f'eval_s_{name}': time.perf_counter() - start,
+        f'num_traces_{name}': sim.round_fn.num_traces})
+  result.pop('num_traces')
+  result.update(device_kind=jax.devices()[0].device_kind,
+                peak_mem_mb=_peak_host_mb(),
+                peak_device_mem_mb=_peak_device_mb())
+  return result
+
+
+def benchmark_population() -> dict:
+  """Workload `population`: SCAFFOLD (a control variate per client) with
+  logistic regression on 28x28 inputs, cohorts of 10, at populations of
+  1,000, 10,000 and 100,000 clients of 20 examples; the round time should
+  not grow with the population."""
+  result = {'workload': 'population'}
+  for population in _POPULATIONS:
+    rng = np.random.default_rng(0)
+    n = population * _EXAMPLES_PER_CLIENT
+    x = rng.integers(0, 256, (n, 28, 28, 1), np.uint8)
+    y = rng.integers(0, _CLASSES, n).astype(np.int32)
+    clients = tuple(np.arange(i * _EXAMPLES_PER_CLIENT,
+                              (i + 1) * _EXAMPLES_PER_CLIENT)
+                    for i in range(population))
+    dataset = FederatedDataset(name='random_population', train_x=x,
+                               train_y=y, client_indices=clients,
+                               test_x=x[:100], test_y=y[:100],
+                               num_classes=_CLASSES)
+    model = models.get_model('logreg', (28, 28, 1), _CLASSES)
+    algorithm = algorithms.build_algorithm(
+        'scaffold', model.apply, num_clients=population, client_lr=_LR)
+    config = SimulationConfig(
+        num_rounds=1 + _ROUNDS.value, clients_per_round=_POPULATION_COHORT,
+        batch_size=_ASSEMBLY_BATCH, local_epochs=1, progress=False,
+        **_placement_settings())
+    sim = Simulation(algorithm, model, dataset, config, mesh=_mesh())
+    compile_s, round_s = _timed_rounds(sim)
+    store_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(
+        sim.store.stacked))
+    result.update({
+        f's_per_round_{population}': round_s,
+        f'compile_s_{population}': compile_s,
+        f'state_store_{population}': sim.store.placement,
+        f'store_mb_{population}': store_bytes / 2**20,
+        f'num_traces_{population}': sim.round_fn.num_traces})
+    figures = _placement_figures(sim)
+    del sim, dataset, x, clients
+  figures.pop('num_traces')
+  figures.pop('state_store')
+  small, large = _POPULATIONS[0], _POPULATIONS[-1]
+  result.update(figures, ratio_round_largest_vs_smallest=(
+      result[f's_per_round_{large}'] / result[f's_per_round_{small}']),
+                peak_mem_mb=_peak_host_mb())
+  return result
 
 
 def _assemble(clients, steps, buckets, round_num: int):
@@ -487,11 +670,20 @@ def main(argv):
   del argv
   placement.use_cpu_device_per_core(_CPU_DEVICES.value)
   if _LIMITS_ONLY.value:
-    if _WORKLOAD.value != 'mlp':
-      raise app.UsageError('--limits_only applies to --workload=mlp only.')
-    print(json.dumps({'mlp': mlp_limits}[_WORKLOAD.value]()))
+    if _WORKLOAD.value not in _LIMITED:
+      raise app.UsageError(f'--limits_only applies to --workload='
+                           f'{"|".join(_LIMITED)} only.')
+    print(json.dumps({'mlp': mlp_limits,
+                      'cnn_cifar': cnn_cifar_limits}[_WORKLOAD.value]()))
     return
+  try:
+    _mesh()
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   result = {'mlp': benchmark_mlp,
+            'cnn_cifar': benchmark_cnn_cifar,
+            'resnet18_gn': benchmark_resnet18_gn,
+            'population': benchmark_population,
             'fedspeed': benchmark_fedspeed,
             'privacy': benchmark_privacy,
             'robustness': benchmark_robustness,
