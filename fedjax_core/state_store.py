@@ -34,6 +34,14 @@ def _check_leading_axis(stacked: PyTree, num_clients: int) -> None:
                        f'[{num_clients}] client axis.')
 
 
+def _writable(x) -> np.ndarray:
+  """`x` as a numpy array the store can write rows into (arrays fetched
+  from a device are read-only views)."""
+  if isinstance(x, np.ndarray) and x.flags.writeable:
+    return x
+  return np.array(x)
+
+
 class ClientStateStore:
   """Host-resident stacked per-client state.
 
@@ -48,7 +56,7 @@ class ClientStateStore:
 
   def __init__(self, stacked: PyTree, num_clients: int):
     _check_leading_axis(stacked, num_clients)
-    self._stacked = jax.tree.map(np.asarray, stacked)
+    self._stacked = jax.tree.map(_writable, stacked)
     self._num_clients = num_clients
 
   @classmethod
@@ -82,12 +90,10 @@ class ClientStateStore:
     jax.tree.map(write, self._stacked, rows)
 
 
-@jax.jit
 def _take(stacked, ids):
   return jax.tree.map(lambda a: a[ids], stacked)
 
 
-@jax.jit
 def _put(stacked, ids, rows):
   return jax.tree.map(lambda a, r: a.at[ids].set(r, mode='drop'), stacked,
                       rows)
@@ -106,6 +112,15 @@ class DeviceStateStore:
     _check_leading_axis(stacked, num_clients)
     self.placement = 'sharded' if sharded else 'device'
     self._num_clients = num_clients
+    # Each store jits its own gather and scatter (functions of its own, so
+    # no cache entry is shared). With one module-level jit for every store,
+    # a full test run once got another algorithm's client-state class back
+    # from the gather; two reruns did not repeat it, and the cause was not
+    # found.
+    self._take = jax.jit(lambda stacked, ids: _take(stacked, ids))
+    # Donated, so the scatter writes in place: O(cohort), not O(population).
+    self._put = jax.jit(lambda stacked, ids, rows: _put(stacked, ids, rows),
+                        donate_argnums=0)
     self._cohort_sharding = placement.cohort_sharding(mesh)
     self._replicated = sharding = placement.replicated_sharding(mesh)
     pad = 0
@@ -128,7 +143,7 @@ class DeviceStateStore:
 
   def gather(self, ids: np.ndarray) -> PyTree:
     """The rows of `ids` as device arrays sharded over the cohort."""
-    rows = _take(self._stacked,
+    rows = self._take(self._stacked,
                  placement.put(np.asarray(ids, np.int32), self._replicated))
     return jax.device_put(rows, self._cohort_sharding)
 
@@ -141,7 +156,7 @@ class DeviceStateStore:
     # Out-of-range ids are dropped: one compile whatever len(ids) is.
     padded = np.full(cohort, np.iinfo(np.int32).max, np.int32)
     padded[:len(ids)] = ids
-    self._stacked = _put(self._stacked,
+    self._stacked = self._put(self._stacked,
                          placement.put(padded, self._replicated), rows)
 
 
