@@ -2,10 +2,11 @@
 
 Clients are the leading array axis. Cohort arrays are sharded over the
 mesh's 'clients' axis and model state is replicated; inside the compiled
-round `map_clients` maps a per-client function over that axis and the
-reductions sum over it, so XLA inserts the cross-device reductions. The same
-program runs on one CPU or many accelerators; the mesh is always passed
-explicitly.
+round `map_clients` maps a per-client function over that axis (vmapped
+whole, or per device in chunks) and the reductions sum over it, so XLA
+inserts the cross-device reductions. The same program runs on one CPU, many
+accelerators or several processes (`put` and `to_host` move host data in
+and out of arrays that span them); the mesh is always passed explicitly.
 """
 
 import functools
@@ -165,13 +166,12 @@ def map_clients(fn: Callable[..., PyTree], xs: PyTree,
   Returns:
     `fn`'s outputs stacked along a leading cohort axis.
   """
-  if shared is None:
-    fn = functools.partial(lambda f, _, x: f(x), fn)
+  with_shared = fn if shared is not None else (lambda _, x: fn(x))
   if clients_in_parallel is None:
-    return jax.vmap(functools.partial(fn, shared))(xs)
+    return jax.vmap(functools.partial(with_shared, shared))(xs)
 
   def per_device(shared, xs):
-    one = functools.partial(fn, shared)
+    one = functools.partial(with_shared, shared)
     cohort = jax.tree.leaves(xs)[0].shape[0]
     if clients_in_parallel >= cohort:
       return jax.vmap(one)(xs)

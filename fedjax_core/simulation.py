@@ -37,6 +37,7 @@ from fedjax_core.checkpointing import Checkpointer
 from fedjax_core.data import FederatedDataset
 from fedjax_core.evaluation import Evaluator, LocalEvaluator
 from fedjax_core.metrics_writer import MetricsWriter, read_metrics
+from fedjax_core.state_store import ClientStateStore
 from fedjax_core.state_store import make_store, resolve_state_store
 
 PyTree = Any
@@ -290,9 +291,8 @@ class Simulation:
     self.store = make_store(
         resolve_state_store(config.state_store, one_client,
                             dataset.num_clients, self.mesh),
-        jax.tree.map(lambda x: np.repeat(np.asarray(x)[None],
-                                         dataset.num_clients, axis=0),
-                     one_client), dataset.num_clients, self.mesh)
+        ClientStateStore.replicate(one_client, dataset.num_clients).stacked,
+        dataset.num_clients, self.mesh)
     augment = None
     if config.augment:
       if len(dataset.example_shape) != 3:
