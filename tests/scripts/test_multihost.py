@@ -74,18 +74,24 @@ def _checkpoint_leaves(workdir: str, step: int) -> list[np.ndarray]:
   return [np.asarray(x) for x in jax.tree.leaves(saved)]
 
 
-@pytest.mark.parametrize('state_store', ['host', 'sharded'])
-def test_two_processes_equal_one_process(tmp_path, state_store):
-  """SCAFFOLD for 3 rounds: the two-process run's metrics, evaluations and
-  checkpointed server and client state equal the one-process run's; only
-  process 0 prints and writes the log; the checkpoints are written once,
-  collectively, and a second launch resumes from them."""
-  single = str(tmp_path / 'single')
+@pytest.fixture(scope='module')
+def single(tmp_path_factory) -> str:
+  """The workdir of the one-process run on 8 devices."""
+  workdir = str(tmp_path_factory.mktemp('single'))
   subprocess.run([sys.executable, '-m', 'scripts.train', *_FLAGS,
-                  f'--workdir={single}', '--cpu_devices=8',
+                  f'--workdir={workdir}', '--cpu_devices=8',
                   '--state_store=host'],
                  cwd=REPO, env=_env(), check=True, capture_output=True,
                  timeout=_TIMEOUT_S)
+  return workdir
+
+
+@pytest.mark.parametrize('state_store', ['host', 'sharded'])
+def test_two_processes_equal_one_process(tmp_path, single, state_store):
+  """SCAFFOLD for 3 rounds: the two-process run's metrics, evaluations and
+  checkpointed server and client state equal the one-process run's; only
+  process 0 prints and writes the log; the checkpoints are written once,
+  collectively, and (sharded store) a second launch resumes from them."""
   multi = str(tmp_path / 'multi')
   out0, out1 = _two_processes(multi, f'--state_store={state_store}')
 
@@ -108,6 +114,7 @@ def test_two_processes_equal_one_process(tmp_path, state_store):
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
-  _two_processes(multi, f'--state_store={state_store}', '--num_rounds=4')
-  assert [r['round'] for r in _metrics(multi)] == [1, 2, 3, 4]
+  if state_store == 'sharded':
+    _two_processes(multi, f'--state_store={state_store}', '--num_rounds=4')
+    assert [r['round'] for r in _metrics(multi)] == [1, 2, 3, 4]
 
