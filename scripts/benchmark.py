@@ -85,9 +85,9 @@ from fedjax_core import partition
 from fedjax_core import placement
 from fedjax_core import privacy
 from fedjax_core import sampling
-from fedjax_core import simulation
 from fedjax_core import uplink
 import models
+from scripts import placement_flags
 
 WORKLOADS = ('mlp', 'cnn_cifar', 'resnet18_gn', 'population', 'fedspeed',
              'privacy', 'robustness', 'cohort_assembly', 'sweep')
@@ -98,16 +98,6 @@ _WORKLOAD = flags.DEFINE_enum('workload', 'mlp', WORKLOADS, 'What to run.')
 _ROUNDS = flags.DEFINE_integer('rounds', 7, 'Timed rounds after warm-up.')
 _REPEATS = flags.DEFINE_integer(
     'repeats', 5, 'Timed repetitions of each limit.')
-_LOOP = flags.DEFINE_enum('loop', 'auto', simulation.LOOPS,
-                          'Loop over local steps and client chunks.')
-_CLIENTS_IN_PARALLEL = flags.DEFINE_integer(
-    'clients_in_parallel', None,
-    'Clients each device trains in lockstep (default: auto).')
-_STATE_STORE = flags.DEFINE_enum(
-    'state_store', 'auto', simulation.STATE_STORES,
-    'Placement of the client-state store.')
-_MESH_SHAPE = flags.DEFINE_string(
-    'mesh_shape', None, '"CLIENTS" or "CLIENTS,MODEL" devices.')
 _CPU_DEVICES = flags.DEFINE_integer(
     'cpu_devices', None, 'On CPU, JAX devices to split the host into; the '
     'cohort is sharded over them (default: one per core; 1 disables).')
@@ -270,19 +260,9 @@ def _mlp_simulation(x, y, name: str, config_overrides=None,
   config = SimulationConfig(
       num_rounds=1 + 2 * _ROUNDS.value, clients_per_round=_COHORT,
       batch_size=_BATCH, local_steps=_STEPS, progress=False,
-      **_placement_settings(), **(config_overrides or {}))
-  return Simulation(algorithm, model, dataset, config, mesh=_mesh())
-
-
-def _placement_settings() -> dict:
-  """The SimulationConfig fields of the placement flags."""
-  return dict(loop=_LOOP.value,
-              clients_in_parallel=_CLIENTS_IN_PARALLEL.value,
-              state_store=_STATE_STORE.value)
-
-
-def _mesh() -> jax.sharding.Mesh:
-  return placement.build_mesh(_MESH_SHAPE.value)
+      **placement_flags.settings(), **(config_overrides or {}))
+  return Simulation(algorithm, model, dataset, config,
+                    mesh=placement_flags.mesh())
 
 
 def _placement_figures(sim: Simulation) -> dict:
@@ -438,8 +418,9 @@ def _cifar_simulation(name: str, model_name: str, local_epochs: int,
   config = SimulationConfig(
       num_rounds=num_rounds, clients_per_round=_CIFAR_COHORT,
       batch_size=_CIFAR_BATCH, local_epochs=local_epochs, eval_every=0,
-      progress=False, **_placement_settings())
-  return Simulation(algorithm, model, dataset, config, mesh=_mesh())
+      progress=False, **placement_flags.settings())
+  return Simulation(algorithm, model, dataset, config,
+                    mesh=placement_flags.mesh())
 
 
 def cnn_cifar_limits() -> dict:
@@ -543,8 +524,9 @@ def benchmark_population() -> dict:
     config = SimulationConfig(
         num_rounds=1 + _ROUNDS.value, clients_per_round=_POPULATION_COHORT,
         batch_size=_ASSEMBLY_BATCH, local_epochs=1, progress=False,
-        **_placement_settings())
-    sim = Simulation(algorithm, model, dataset, config, mesh=_mesh())
+        **placement_flags.settings())
+    sim = Simulation(algorithm, model, dataset, config,
+                     mesh=placement_flags.mesh())
     compile_s, round_s = _timed_rounds(sim)
     store_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(
         sim.store.stacked))
@@ -677,7 +659,7 @@ def main(argv):
                       'cnn_cifar': cnn_cifar_limits}[_WORKLOAD.value]()))
     return
   try:
-    _mesh()
+    placement_flags.mesh()
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   result = {'mlp': benchmark_mlp,

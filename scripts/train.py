@@ -23,7 +23,6 @@ Examples:
       --init_checkpoint=/tmp/base/base --lora_rank=4 --workdir=/tmp/lora
 """
 
-import functools
 import os
 import sys
 import time
@@ -54,6 +53,7 @@ from fedjax_core import privacy_accounting
 from fedjax_core import simulation
 from fedjax_core import uplink
 import models
+from scripts import placement_flags
 
 _ALGORITHM = flags.DEFINE_list(
     'algorithm', ['fedavg', 'fedadam'],
@@ -165,24 +165,6 @@ _CHECKPOINT_EVERY = flags.DEFINE_integer(
     'checkpoint_every', 10, 'Checkpoint every this many rounds.')
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Output directory (default: a new runs/TIMESTAMP).')
-_LOOP = flags.DEFINE_enum(
-    'loop', 'auto', simulation.LOOPS,
-    'Loop over local steps and client chunks: scan (rolled), unroll '
-    '(straight-line code), or auto (unroll convolutional models on CPU, '
-    'scan otherwise).')
-_CLIENTS_IN_PARALLEL = flags.DEFINE_integer(
-    'clients_in_parallel', None, 'Clients each device trains in lockstep '
-    '(vmap width); its other clients follow chunk by chunk. Default: 1 for '
-    'convolutional models on CPU, else the whole cohort.')
-_STATE_STORE = flags.DEFINE_enum(
-    'state_store', 'auto', simulation.STATE_STORES,
-    'Where the clients\' persistent state lives: host (numpy), device '
-    '(whole on every device), sharded (split over the devices), or auto '
-    '(on the devices while it takes at most a quarter of their memory).')
-_MESH_SHAPE = flags.DEFINE_string(
-    'mesh_shape', None, 'Devices on the mesh\'s axes: "CLIENTS" or '
-    '"CLIENTS,MODEL" (the model axis replicates, for now); default: every '
-    'device on the clients axis.')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
     'coordinator_address', None, 'host:port of process 0 of a multi-process '
@@ -538,18 +520,10 @@ def _config(seed: int, workdir: str | None,
       batch_size=_BATCH_SIZE.value, local_epochs=_LOCAL_EPOCHS.value,
       local_steps=_LOCAL_STEPS.value, seed=seed,
       eval_every=_EVAL_EVERY.value, checkpoint_every=_CHECKPOINT_EVERY.value,
-      workdir=workdir, loop=_LOOP.value,
-      clients_in_parallel=_CLIENTS_IN_PARALLEL.value,
-      state_store=_STATE_STORE.value, progress=progress,
+      workdir=workdir, progress=progress, **placement_flags.settings(),
       participation=_participation(), size_buckets=_SIZE_BUCKETS.value,
       augment=_AUGMENT.value, **_privacy_settings(),
       **_byzantine_settings())
-
-
-@functools.cache
-def _mesh() -> jax.sharding.Mesh:
-  """The device mesh of --mesh_shape."""
-  return placement.build_mesh(_MESH_SHAPE.value)
 
 
 def _describe(name: str, sim: simulation.Simulation, workdir: str) -> None:
@@ -583,7 +557,7 @@ def _run_one(name: str, dataset, model, workdir: str) -> dict:
   algorithm = _build(name, model.apply, dataset.num_clients)
   sim = simulation.Simulation(algorithm, model, dataset,
                               _config(_SEED.value, workdir, _PROGRESS.value),
-                              mesh=_mesh())
+                              mesh=placement_flags.mesh())
   _describe(name, sim, workdir)
   summary = sim.run()
   if 'stopped_by_privacy_budget' in summary:
@@ -606,7 +580,7 @@ def _run_vmapped(name: str, datasets_by_seed: dict, model,
       _write_partition(run_dir, dataset)
       sim = simulation.Simulation(
           _build(name, model.apply, dataset.num_clients, overrides), model,
-          dataset, _config(seed, None, False), mesh=_mesh())
+          dataset, _config(seed, None, False), mesh=placement_flags.mesh())
       runs.append(fedjax_core.Run(sim, run_dir, overrides))
       labels.append(label)
   _describe(name, runs[0].simulation, workdir)
@@ -730,7 +704,7 @@ def main(argv):
   try:
     _check_hparam_targets(names)
     _check_flag_groups()
-    _mesh()  # A bad --mesh_shape fails before any data is read.
+    placement_flags.mesh()  # A bad --mesh_shape fails before any data.
     if _NUM_SEEDS.value < 1:
       raise ValueError(f'--num_seeds must be positive, got '
                        f'{_NUM_SEEDS.value}.')
