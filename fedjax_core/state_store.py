@@ -143,8 +143,9 @@ class DeviceStateStore:
 
   def gather(self, ids: np.ndarray) -> PyTree:
     """The rows of `ids` as device arrays sharded over the cohort."""
-    rows = self._take(self._stacked,
-                 placement.put(np.asarray(ids, np.int32), self._replicated))
+    rows = self._take(
+        self._stacked,
+        placement.put(np.asarray(ids, np.int32), self._replicated))
     return jax.device_put(rows, self._cohort_sharding)
 
   def scatter(self, ids: np.ndarray, rows: PyTree) -> None:
@@ -157,7 +158,7 @@ class DeviceStateStore:
     padded = np.full(cohort, np.iinfo(np.int32).max, np.int32)
     padded[:len(ids)] = ids
     self._stacked = self._put(self._stacked,
-                         placement.put(padded, self._replicated), rows)
+                              placement.put(padded, self._replicated), rows)
 
 
 def resolve_state_store(state_store: str, one_client: PyTree,
