@@ -5,12 +5,13 @@ aggregator's `dp.DPConfig` (calibrating the noise multiplier to a target
 epsilon when none is given) and answers, before every round, whether one
 more round would overspend the target. `SampleLevelPrivacy` reports what
 client-side DP-SGD spends. All epsilons come from `dp-accounting`
-(`fedjax_core.privacy_accounting`).
+(`fedjax_core.privacy_accounting`), computed once per mechanism and cached;
+dp-accounting's convergence warnings are collected into one logged line.
 """
 
 import dataclasses
-import functools
 
+from absl import logging
 import numpy as np
 
 from fedjax_core import dp
@@ -80,11 +81,39 @@ class ClientLevelPrivacy:
         target_quantile=settings.target_quantile,
         clip_learning_rate=settings.clip_learning_rate,
         count_stddev=settings.count_stddev)
+    if z > 0:
+      _ = self.accounting.curve  # Built now, so its warnings are noted now.
+    _log_note(self.accounting.unconverged)
 
-  @functools.lru_cache(maxsize=None)
   def epsilon(self, rounds: int) -> float:
     """Epsilon at the settings' delta after `rounds` rounds."""
     return self.accounting.epsilon(rounds)
+
+  def describe(self, rounds: int) -> str:
+    """One line on how the run is accounted: the sampling and its
+    neighbouring relation, the accountant, and what `rounds` rounds spend.
+
+    Returns:
+      E.g. "client-level DP: Poisson sampling (each of 20 clients with
+      probability q = 5/20 = 0.25) under add-or-remove-one neighbours;
+      dp-accounting RDP; noise multiplier 1: 100 rounds spend epsilon 20.24
+      at delta 1e-05". Fixed-size sampling reads "fixed-size sampling (5 of
+      20 clients without replacement) under replace-one neighbours (...)".
+    """
+    acc = self.accounting
+    n, m = acc.num_clients, acc.clients_per_round
+    if acc.sampling == 'poisson':
+      sampling = (f'Poisson sampling (each of {n} clients with probability '
+                  f'q = {m}/{n} = {m / n:.3g}) under add-or-remove-one '
+                  'neighbours')
+    else:
+      sampling = (f'fixed-size sampling ({m} of {n} clients without '
+                  'replacement) under replace-one neighbours (about 10x '
+                  'the epsilon of Poisson sampling at the same rate)')
+    return (f'client-level DP: {sampling}; dp-accounting '
+            f'{acc.accountant.upper()}; noise multiplier '
+            f'{self.noise_multiplier:.4g}: {rounds} rounds spend epsilon '
+            f'{self.epsilon(rounds):.4g} at delta {acc.delta:g}')
 
   def exceeds_budget(self, rounds: int) -> bool:
     """Whether `rounds` rounds would spend more than the target epsilon."""
@@ -114,10 +143,19 @@ class SampleLevelPrivacy:
     self.accounting = privacy_accounting.SampleLevelAccounting(
         noise_multiplier, batch_size, np.asarray(client_sizes),
         np.asarray(client_steps), delta, accountant)
+    if noise_multiplier > 0:
+      _ = self.accounting.curves  # Built now, so warnings are noted now.
+    _log_note(self.accounting.unconverged)
 
-  @functools.lru_cache(maxsize=None)
   def epsilon(self, rounds: int) -> float:
+    """The most exposed client's epsilon after `rounds` rounds."""
     return self.accounting.epsilon(rounds)
+
+
+def _log_note(unconverged: privacy_accounting.Unconverged) -> None:
+  note = unconverged.note()
+  if note:
+    logging.warning(note)
 
 
 @dataclasses.dataclass(frozen=True)
