@@ -13,6 +13,7 @@ from fedjax_core.batching import CohortBatches
 from fedjax_core.batching import client_num_steps
 from fedjax_core.batching import cohort_batches
 from fedjax_core.batching import step_buckets
+from fedjax_core.checkpointing import CheckpointMismatchError
 from fedjax_core.checkpointing import Checkpointer
 from fedjax_core.client_indices import ClientIndices
 from fedjax_core.data import CentralDataset
@@ -46,6 +47,7 @@ __all__ = (
     'Attack',
     'Batch',
     'CentralDataset',
+    'CheckpointMismatchError',
     'Checkpointer',
     'ClientIndices',
     'ClientDPSettings',

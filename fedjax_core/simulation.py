@@ -3,7 +3,7 @@
 Each round: sample the cohort (a pure function of seed and round), gather its
 client state, build its padded batches, run the compiled round, scatter the
 new client state, and every few rounds evaluate, log and checkpoint. A run
-given a workdir resumes from its newest checkpoint.
+given a workdir resumes from its newest readable checkpoint.
 """
 
 import dataclasses
@@ -138,18 +138,24 @@ class SimulationConfig:
   uplink: uplink_lib.Uplink | None = None
   downlink: uplink_lib.Uplink | None = None
 
-  def validate(self, num_clients: int) -> None:
-    """Raises ValueError naming the first bad setting and its fix."""
+  def validate(self, num_clients: int | None = None) -> None:
+    """Raises ValueError naming the first bad setting and its fix; checks
+    the cohort against the population only if `num_clients` is given."""
     positive = {'num_rounds': self.num_rounds,
                 'clients_per_round': self.clients_per_round,
                 'batch_size': self.batch_size,
                 'checkpoint_every': self.checkpoint_every,
                 'eval_batch_size': self.eval_batch_size,
                 'size_buckets': self.size_buckets}
+    for name in ('local_epochs', 'local_steps'):
+      if getattr(self, name) is not None:
+        positive[name] = getattr(self, name)
     for name, value in positive.items():
       if value < 1:
         raise ValueError(f'--{name} must be positive, got {value}.')
-    if self.clients_per_round > num_clients:
+    if self.local_epochs is not None and self.local_steps is not None:
+      raise ValueError('Set --local_epochs or --local_steps, not both.')
+    if num_clients is not None and self.clients_per_round > num_clients:
       raise ValueError(
           f'--clients_per_round={self.clients_per_round} exceeds the '
           f'population of {num_clients} clients; lower it or raise '
@@ -170,6 +176,8 @@ class SimulationConfig:
                        f'{self.clients_in_parallel}.')
     if self.robust is not None:
       self.robust.check_cohort(self.clients_per_round)
+    if self.secure_aggregation is not None and self.participation == 'fixed':
+      self.secure_aggregation.check_cohort(self.clients_per_round)
     if self.downlink is not None and self.downlink.momentum is not None:
       raise ValueError('The broadcast has no momentum; build the downlink '
                        'as Uplink(compressor, ...) without momentum.')
@@ -473,6 +481,7 @@ class Simulation:
     """Runs the next round and returns its metrics as host floats."""
     prepared = self.prepare_round()
     round_key = jax.random.fold_in(self.rounds_key, prepared.round_num)
+    traces = self.round_fn.num_traces
     self._consistent = False
     server_state, cohort_state, aggregator_state, metrics = self.round_fn(
         self.server_state,
@@ -483,7 +492,9 @@ class Simulation:
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     self.server_state = server_state
     self.aggregator_state = aggregator_state
-    return self.finish_round(prepared, metrics, cohort_state, epsilon)
+    record = self.finish_round(prepared, metrics, cohort_state, epsilon)
+    record['compiled'] = self.round_fn.num_traces > traces
+    return record
 
   def prepare_round(self) -> PreparedRound:
     """The host's work before the next round's compiled round: its cohort,
@@ -566,16 +577,18 @@ class Simulation:
   def _due(self, every: int) -> bool:
     return is_due(self.completed_rounds, self.final_round, every)
 
-  def _restore(self, checkpointer: Checkpointer) -> None:
-    completed = checkpointer.latest_round()
-    if completed is None:
-      return
-    self.server_state, stacked, self.aggregator_state = checkpointer.restore(
-        completed, self.server_state, self.store.stacked,
-        self.aggregator_state)
+  def _restore(self, checkpointer: Checkpointer) -> int:
+    """Resumes from the newest readable checkpoint; returns its round, 0
+    if there is none."""
+    restored = checkpointer.restore_latest(
+        self.server_state, self.store.stacked, self.aggregator_state)
+    if restored is None:
+      return 0
+    completed, self.server_state, stacked, self.aggregator_state = restored
     self.store = make_store(self.store.placement, stacked,
                             self.dataset.num_clients, self.mesh)
     self.completed_rounds = completed
+    return completed
 
   def run(self) -> dict[str, Any]:
     """Runs (or resumes) the whole simulation and returns its summary."""
@@ -584,9 +597,10 @@ class Simulation:
     # logs.
     main = placement.is_main_process()
     checkpointer = writer = None
+    resumed_from = 0
     if workdir:
       checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'))
-      self._restore(checkpointer)
+      resumed_from = self._restore(checkpointer)
       if main:
         writer = MetricsWriter(os.path.join(workdir, 'metrics.jsonl'),
                                self.completed_rounds)
@@ -635,6 +649,8 @@ class Simulation:
     if writer:
       history = read_metrics(os.path.join(workdir, 'metrics.jsonl'))
     summary = {**summarize(history), **self.privacy_summary()}
+    if resumed_from:
+      summary['resumed_from_round'] = resumed_from
     if not writer:
       return summary
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
@@ -677,12 +693,16 @@ def _postfix(record: dict[str, Any]) -> dict[str, str]:
 
 def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
   """Final and best test accuracy (and the final per-client accuracy where
-  clients hold out test rows), and total round time, of a run."""
+  clients hold out test rows) and the time of a run's rounds: `wall_s` in
+  all, compiles included, and `s_per_round`, the mean of the rounds that
+  compiled nothing (None if every round did)."""
   evaluated = [r for r in history if 'test_accuracy' in r]
+  steady = [r['wall_s'] for r in history if not r.get('compiled')]
   summary: dict[str, Any] = {
       'rounds': history[-1]['round'] if history else 0,
       'final_train_loss': history[-1]['train_loss'] if history else None,
       'wall_s': sum(r['wall_s'] for r in history),
+      's_per_round': sum(steady) / len(steady) if steady else None,
   }
   if evaluated:
     best = max(evaluated, key=lambda r: r['test_accuracy'])

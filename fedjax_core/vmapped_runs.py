@@ -225,6 +225,7 @@ class VmappedRuns:
     prepared = [s.prepare_round()._replace(start=start) for s in self._sims]
     inputs, cohort_state = _stacked_round(prepared)
     round_num = prepared[0].round_num
+    traces = self.num_traces
     self._consistent = False
     server_state, cohort_state, aggregator_state, metrics = self._jitted(
         self._hparams, self.server_state,
@@ -249,7 +250,8 @@ class VmappedRuns:
     wall_s = time.perf_counter() - start
     for record in filter(None, records):
       record.update(wall_s=wall_s,
-                    examples_per_s=record['num_examples'] / wall_s)
+                    examples_per_s=record['num_examples'] / wall_s,
+                    compiled=self.num_traces > traces)
     if is_due(round_num + 1, self.final_round,
               self._sims[0].config.eval_every):
       self._evaluate(records, jax.device_get(server_state))
@@ -314,13 +316,15 @@ class VmappedRuns:
                       _stack([s.store.stacked for s in self._sims]),
                       self.aggregator_state)
 
-  def _restore(self, checkpointer: Checkpointer) -> None:
-    completed = checkpointer.latest_round()
-    if completed is None:
-      return
-    self.server_state, stacked, self.aggregator_state = checkpointer.restore(
-        completed, self.server_state,
-        _stack([s.store.stacked for s in self._sims]), self.aggregator_state)
+  def _restore(self, checkpointer: Checkpointer) -> int:
+    """Resumes every run from the newest readable checkpoint; returns its
+    round, 0 if there is none."""
+    restored = checkpointer.restore_latest(
+        self.server_state, _stack([s.store.stacked for s in self._sims]),
+        self.aggregator_state)
+    if restored is None:
+      return 0
+    completed, self.server_state, stacked, self.aggregator_state = restored
     for k, sim in enumerate(self._sims):
       rows = jax.tree.map(lambda a: np.array(a[k]), stacked)
       sim.store = ClientStateStore(rows, sim.dataset.num_clients)
@@ -332,15 +336,17 @@ class VmappedRuns:
         if diverged['round'] <= completed:  # Else it diverges again.
           self.diverged[k] = TrainingDivergedError(diverged['message'],
                                                    diverged['round'])
+    return completed
 
   def run(self) -> list[dict[str, Any]]:
     """Runs (or resumes) every run; returns their summaries in order. A run
     that diverges stops being trained and reported; the others go on."""
     checkpointer, writers = None, []
+    resumed_from = 0
     if self._workdir:
       self._check_workdir()
       checkpointer = Checkpointer(os.path.join(self._workdir, 'checkpoints'))
-      self._restore(checkpointer)
+      resumed_from = self._restore(checkpointer)
     writers = [MetricsWriter(os.path.join(run.workdir, 'metrics.jsonl'),
                              self.completed_rounds) if run.workdir else None
                for run in self.runs]
@@ -380,10 +386,11 @@ class VmappedRuns:
       for writer in writers:
         if writer:
           writer.close()
-    return [self._summary(k) for k in range(len(self.runs))]
+    return [self._summary(k, resumed_from) for k in range(len(self.runs))]
 
-  def _summary(self, k: int) -> dict[str, Any]:
-    """Run k's summary, also written to its `summary.json`."""
+  def _summary(self, k: int, resumed_from: int) -> dict[str, Any]:
+    """Run k's summary, also written to its `summary.json`; it names the
+    checkpoint's round the group resumed from, if it did."""
     run, sim = self.runs[k], self._sims[k]
     history = sim.history
     if run.workdir:
@@ -392,6 +399,8 @@ class VmappedRuns:
                'seed': sim.config.seed, **run.hparams}
     if k in self.diverged:
       summary['diverged'] = f'diverged (round {self.diverged[k].round_num})'
+    if resumed_from:
+      summary['resumed_from_round'] = resumed_from
     if run.workdir:
       with open(os.path.join(run.workdir, 'summary.json'), 'w') as f:
         json.dump(summary, f, indent=2)

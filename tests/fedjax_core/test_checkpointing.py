@@ -1,12 +1,16 @@
 """Tests of fedjax_core.checkpointing."""
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from fedjax_core.checkpointing import Checkpointer
+from checkpoint_damage import DAMAGES, empty, printed_notes, truncate
+from fedjax_core.algorithm import Frozen
+from fedjax_core.checkpointing import CheckpointMismatchError, Checkpointer
 
 
 def _state(offset):
@@ -113,3 +117,128 @@ def test_aggregator_state_round_trips(tmp_path):
                                   {'clip_norm': jnp.float32(0.0)})
   np.testing.assert_array_equal(aggregator['clip_norm'], np.float32(0.37))
   ckpt.close()
+
+
+@pytest.mark.parametrize('damage', DAMAGES, ids=lambda f: f.__name__)
+def test_restore_latest_falls_back_past_an_unreadable_checkpoint(
+    tmp_path, capsys, damage):
+  """A damaged newest round is reported in one line and deleted; the older
+  one is restored, and the damaged round can be saved again."""
+  directory = str(tmp_path / 'ckpt')
+  ckpt = Checkpointer(directory)
+  ckpt.save(1, *_state(1))
+  ckpt.save(2, *_state(2))
+  ckpt.close()
+  damage(os.path.join(directory, '2'))
+  capsys.readouterr()
+
+  ckpt = Checkpointer(directory)
+  step, server, clients, _ = ckpt.restore_latest(
+      *map(_zeros_like, _state(0)))
+  assert step == 1
+  _assert_same_values_and_types(server, _state(1)[0])
+  _assert_same_values_and_types(clients, _state(1)[1])
+  notes = printed_notes(capsys)
+  assert len(notes) == 1, notes
+  assert re.fullmatch(r'Checkpoint of round 2 in .*ckpt is unreadable '
+                      r'\(\w+: .{1,97}\); deleted it, trying round 1\.',
+                      notes[0]), notes[0]
+  assert sorted(os.listdir(directory)) == ['1']
+  ckpt.save(2, *_state(7))  # Not refused as an existing round.
+  ckpt.close()
+  ckpt = Checkpointer(directory)
+  step, server, _, _ = ckpt.restore_latest(*map(_zeros_like, _state(0)))
+  assert step == 2
+  np.testing.assert_array_equal(server['params']['w'], [7.0, 8.0, 9.0])
+  ckpt.close()
+
+
+def test_restore_latest_with_no_readable_checkpoint_starts_clean(
+    tmp_path, capsys):
+  directory = str(tmp_path / 'ckpt')
+  ckpt = Checkpointer(directory)
+  assert ckpt.restore_latest(*map(_zeros_like, _state(0))) is None
+  ckpt.save(1, *_state(1))
+  ckpt.save(2, *_state(2))
+  ckpt.close()
+  truncate(os.path.join(directory, '2'))
+  empty(os.path.join(directory, '1'))
+  capsys.readouterr()
+
+  ckpt = Checkpointer(directory)
+  assert ckpt.restore_latest(*map(_zeros_like, _state(0))) is None
+  notes = printed_notes(capsys)
+  assert len(notes) == 2, notes
+  assert notes[0].startswith('Checkpoint of round 2 ')
+  assert notes[0].endswith('; deleted it, trying round 1.')
+  assert notes[1].startswith('Checkpoint of round 1 ')
+  assert notes[1] == (
+      f'Checkpoint of round 1 in {directory} is unreadable '
+      '(FileNotFoundError: no checkpoint metadata); deleted it, no readable '
+      'checkpoint is left, so the run starts from round 0.')
+  ckpt.save(1, *_state(1))  # A clean start saves again.
+  ckpt.close()
+  assert Checkpointer(directory).latest_round() == 1
+
+
+def test_restore_latest_refuses_another_structure_without_falling_back(
+    tmp_path, capsys):
+  """A checkpoint of other shapes (another model) is not damage: it stays,
+  and the error says how to get out."""
+  directory = str(tmp_path / 'ckpt')
+  ckpt = Checkpointer(directory)
+  ckpt.save(1, *_state(1))
+  ckpt.save(2, *_state(2))
+  ckpt.close()
+  capsys.readouterr()
+  server, clients = map(_zeros_like, _state(0))
+  server['params']['w'] = jnp.zeros(5)
+  server['params']['extra'] = jnp.zeros((2, 2))
+  del server['step']
+
+  ckpt = Checkpointer(directory)
+  with pytest.raises(CheckpointMismatchError) as raised:
+    ckpt.restore_latest(server, clients)
+  ckpt.close()
+  assert str(raised.value) == (
+      f'The checkpoint of round 2 in {directory} was written by a run with '
+      'a different model or algorithm state (server/params/extra is not in '
+      'the checkpoint; server/params/w is float32[3] there, float32[5] '
+      'here; server/step is only in the checkpoint). Use a new --workdir, '
+      f'or delete {directory} to start over.')
+  assert isinstance(raised.value, ValueError)  # The CLI's one-line error.
+  assert printed_notes(capsys) == []
+  assert sorted(os.listdir(directory)) == ['1', '2']
+
+
+def test_restore_latest_counts_an_empty_node_as_structure(tmp_path):
+  """Orbax refuses a template with an extra empty node (a stateless
+  optimizer's state) too: a mismatch, not damage to delete."""
+  directory = str(tmp_path / 'ckpt')
+  ckpt = Checkpointer(directory)
+  ckpt.save(1, {'w': jnp.ones(2)}, ())
+  ckpt.close()
+  ckpt = Checkpointer(directory)
+  with pytest.raises(CheckpointMismatchError,
+                     match=r'\(server/opt is not in the checkpoint\)'):
+    ckpt.restore_latest({'w': jnp.zeros(2), 'opt': ()}, ())
+  step, server, _, _ = ckpt.restore_latest({'w': jnp.zeros(2)}, ())
+  ckpt.close()
+  assert step == 1
+  np.testing.assert_array_equal(server['w'], [1.0, 1.0])
+
+
+def test_restore_latest_compares_without_frozen_state(tmp_path):
+  """`Frozen` state is not saved, so it is no mismatch; it comes back as
+  the template's."""
+  directory = str(tmp_path / 'ckpt')
+  ckpt = Checkpointer(directory)
+  ckpt.save(3, {'w': jnp.ones(2), 'base': Frozen(jnp.ones(4))}, ())
+  ckpt.close()
+  ckpt = Checkpointer(directory)
+  base = Frozen(jnp.full(4, 2.0))
+  step, server, _, _ = ckpt.restore_latest(
+      {'w': jnp.zeros(2), 'base': base}, ())
+  ckpt.close()
+  assert step == 3 and server['base'] is base
+  np.testing.assert_array_equal(server['w'], [1.0, 1.0])

@@ -4,6 +4,7 @@ handling and checks of bad settings before any compile."""
 import dataclasses
 import json
 import os
+import shutil
 
 import jax
 from jax.flatten_util import ravel_pytree
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 
 import algorithms
+import checkpoint_damage
+from fedjax_core import CheckpointMismatchError
 from fedjax_core import Simulation, SimulationConfig, TrainingDivergedError
 from fedjax_core.simulation import resolve_loop
 from fedjax_core import Checkpointer, read_metrics, sample_clients
@@ -205,7 +208,13 @@ def test_rerun_of_a_finished_run_trains_nothing(dataset, tmp_path):
 def test_outputs_follow_the_documented_interface(uninterrupted):
   _, metrics, summary = uninterrupted
   for record in metrics:
-    assert {'round', 'train_loss', 'wall_s', 'examples_per_s'} <= set(record)
+    assert {'round', 'train_loss', 'wall_s', 'compiled',
+            'examples_per_s'} <= set(record)
+  assert metrics[0]['compiled']  # The first round traces and compiles.
+  steady = [m['wall_s'] for m in metrics if not m['compiled']]
+  assert steady and summary['s_per_round'] == pytest.approx(
+      sum(steady) / len(steady))
+  assert summary['wall_s'] == pytest.approx(sum(m['wall_s'] for m in metrics))
   evaluated = [m['round'] for m in metrics if 'test_accuracy' in m]
   assert evaluated == [2, 4, 6]
   assert all('test_loss' in m for m in metrics if 'test_accuracy' in m)
@@ -246,7 +255,8 @@ def test_divergence_stops_with_the_round_and_keeps_last_checkpoint(
     (dict(clients_per_round=9), 'exceeds the population of 8'),
     (dict(batch_size=10_000), 'larger than every client'),
     (dict(num_rounds=0), 'num_rounds must be positive'),
-    (dict(local_epochs=1, local_steps=5), 'exactly one of'),
+    (dict(local_epochs=1, local_steps=5),
+     '--local_epochs or --local_steps, not both'),
     (dict(loop='fast'), "Unknown --loop 'fast'"),
     (dict(state_store='disk'), "Unknown --state_store 'disk'"),
     (dict(clients_in_parallel=0), 'clients_in_parallel must be positive'),
@@ -302,3 +312,101 @@ def test_interrupt_during_evaluation_keeps_the_round_in_the_log(dataset,
   logged = [m['round'] for m in read_metrics(
       os.path.join(workdir, 'metrics.jsonl'))]
   assert logged == list(range(1, NUM_ROUNDS + 1))
+
+
+@pytest.fixture(scope='module')
+def crashed_in_round_5(dataset, tmp_path_factory):
+  """A workdir whose run crashed in round 5: checkpoints of rounds 2 and 4,
+  metrics of rounds 1 to 4."""
+  workdir = str(tmp_path_factory.mktemp('crashed'))
+  sim = _simulation(dataset, workdir)
+  fail_at_round(sim, 5, RuntimeError('killed'))
+  with pytest.raises(RuntimeError):
+    sim.run()
+  return workdir
+
+
+def _copy(workdir, tmp_path):
+  copy = str(tmp_path / 'run')
+  shutil.copytree(workdir, copy)
+  return copy, os.path.join(copy, 'checkpoints')
+
+
+def _assert_uninterrupted_metrics(workdir, uninterrupted):
+  """metrics.jsonl holds each round once, in order, as the uninterrupted
+  run wrote it."""
+  metrics = read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+  assert [m['round'] for m in metrics] == list(range(1, NUM_ROUNDS + 1))
+  for got, want in zip(metrics, uninterrupted[1], strict=True):
+    assert got['train_loss'] == want['train_loss']
+    assert got.get('test_accuracy') == want.get('test_accuracy')
+
+
+@pytest.mark.parametrize('damage', checkpoint_damage.DAMAGES,
+                         ids=lambda f: f.__name__)
+def test_resume_falls_back_past_a_damaged_checkpoint(
+    dataset, tmp_path, capsys, crashed_in_round_5, uninterrupted, damage):
+  """The damaged round 4 is reported in one line and deleted; the run
+  resumes from round 2, ends as the uninterrupted run, saves round 4 anew,
+  and a third run resumes from its end."""
+  workdir, checkpoints = _copy(crashed_in_round_5, tmp_path)
+  damage(os.path.join(checkpoints, '4'))
+  capsys.readouterr()
+
+  second = _simulation(dataset, workdir)
+  summary = second.run()
+  notes = checkpoint_damage.printed_notes(capsys)
+  assert len(notes) == 1, notes
+  assert notes[0].startswith(
+      f'Checkpoint of round 4 in {checkpoints} is unreadable (')
+  assert notes[0].endswith('); deleted it, trying round 2.')
+  assert summary['resumed_from_round'] == 2
+  _assert_uninterrupted_metrics(workdir, uninterrupted)
+  same = jax.tree.map(np.array_equal, _params(second), uninterrupted[0])
+  assert all(jax.tree.leaves(same)), 'resumed model differs'
+
+  third = _simulation(dataset, workdir)
+  assert third.run()['resumed_from_round'] == NUM_ROUNDS
+  assert checkpoint_damage.printed_notes(capsys) == []
+  assert sorted(os.listdir(checkpoints)) == ['4', '6']
+  server, _, _ = Checkpointer(checkpoints).restore(  # Round 4 is readable.
+      4, third.server_state, third.store.stacked, third.aggregator_state)
+  assert int(server.round_num) == 4
+
+
+def test_resume_without_a_readable_checkpoint_starts_clean(
+    dataset, tmp_path, capsys, crashed_in_round_5, uninterrupted):
+  workdir, checkpoints = _copy(crashed_in_round_5, tmp_path)
+  checkpoint_damage.truncate(os.path.join(checkpoints, '4'))
+  checkpoint_damage.empty(os.path.join(checkpoints, '2'))
+  capsys.readouterr()
+
+  summary = _simulation(dataset, workdir).run()
+  notes = checkpoint_damage.printed_notes(capsys)
+  assert len(notes) == 2, notes
+  assert notes[0].endswith('; deleted it, trying round 2.')
+  assert notes[1].endswith('; deleted it, no readable checkpoint is left, '
+                           'so the run starts from round 0.')
+  assert 'resumed_from_round' not in summary
+  _assert_uninterrupted_metrics(workdir, uninterrupted)
+
+
+def test_resume_with_another_algorithm_is_refused_and_keeps_the_workdir(
+    dataset, tmp_path, capsys, crashed_in_round_5):
+  """FedAvg's server state has no Adam moments: a mismatch, reported with
+  the ways out, that deletes no checkpoint and no metrics."""
+  workdir, checkpoints = _copy(crashed_in_round_5, tmp_path)
+  capsys.readouterr()
+  with pytest.raises(CheckpointMismatchError) as raised:
+    _simulation(dataset, workdir, algorithm='fedavg').run()
+  message = str(raised.value)
+  assert message.startswith(
+      f'The checkpoint of round 4 in {checkpoints} was written by a run with '
+      'a different model or algorithm state (server/opt_state/')
+  assert 'is only in the checkpoint' in message
+  assert message.endswith(f'Use a new --workdir, or delete {checkpoints} '
+                          'to start over.')
+  assert checkpoint_damage.printed_notes(capsys) == []
+  assert sorted(os.listdir(checkpoints)) == ['2', '4']
+  assert [m['round'] for m in read_metrics(
+      os.path.join(workdir, 'metrics.jsonl'))] == [1, 2, 3, 4]

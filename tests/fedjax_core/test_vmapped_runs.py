@@ -22,7 +22,7 @@ CONFIG = SimulationConfig(num_rounds=3, clients_per_round=3, batch_size=16,
                           local_epochs=1, eval_every=2, checkpoint_every=1,
                           progress=False, size_buckets=1)
 # Host timings, which differ between any two runs.
-TIMINGS = ('wall_s', 'examples_per_s')
+TIMINGS = ('wall_s', 'examples_per_s', 'compiled')
 
 
 @pytest.fixture(scope='module')
