@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from fedjax_core import dp
 from fedjax_core import placement
 from fedjax_core import robust_aggregation
+from fedjax_core import secagg_protocol
 from fedjax_core import secure_aggregation
 from fedjax_core.secagg_protocol import SecAggRoundInputs
 
@@ -70,6 +71,13 @@ class SecureAggregation:
     if not 0 <= self.dropout_fraction < 1:
       raise ValueError('--secagg_dropout_fraction must be in [0, 1), got '
                        f'{self.dropout_fraction!r}.')
+
+  def check_cohort(self, cohort_size: int) -> None:
+    """Raises ValueError if rounds of `cohort_size` participants cannot
+    unmask: a threshold out of range, or too few survivors of the
+    dropouts."""
+    secagg_protocol.check_threshold(cohort_size, self.dropout_fraction,
+                                    self.threshold)
 
   def config(self, cohort_capacity: int) -> secure_aggregation.SecAggConfig:
     """The encoding for cohorts of up to `cohort_capacity` clients; raises

@@ -86,6 +86,32 @@ def _recover(secret: int, holders: list[int], threshold: int,
   return shamir.reconstruct(shares)
 
 
+def check_threshold(participants: int, dropout_fraction: float,
+                    threshold: int | None) -> int:
+  """The threshold t of a round with `participants` clients, of whom
+  round(dropout_fraction * participants) drop.
+
+  Raises:
+    ValueError: if t is not in [1, participants].
+    SecAggThresholdError: if fewer than t clients survive the dropouts.
+  """
+  p = participants
+  t = p // 2 + 1 if threshold is None else threshold
+  if not 1 <= t <= p:
+    raise ValueError(
+        f'--secagg_threshold must be in [1, {p}] (the participating '
+        f'clients), got {threshold}.')
+  survivors = p - round(dropout_fraction * p)
+  if survivors < t:
+    raise SecAggThresholdError(
+        f'Secure aggregation cannot unmask: only {survivors} of {p} '
+        f'participating clients survive the dropouts, fewer than the '
+        f'threshold t = {t} needed to reconstruct the dropped clients\' '
+        f'masks. Lower --secagg_dropout_fraction (now {dropout_fraction}) '
+        f'or --secagg_threshold (now {t}).')
+  return t
+
+
 def round_setup(seed: int, round_num: int, client_ids: np.ndarray,
                 participating: np.ndarray, dropout_fraction: float,
                 threshold: int | None) -> SecAggRoundInputs:
@@ -142,11 +168,7 @@ def round_setup(seed: int, round_num: int, client_ids: np.ndarray,
     raise ValueError('Secure aggregation needs at least one participant.')
   if len(set(client_ids[positions].tolist())) != p:
     raise ValueError('Participating client ids must be distinct.')
-  t = p // 2 + 1 if threshold is None else threshold
-  if not 1 <= t <= p:
-    raise ValueError(
-        f'--secagg_threshold must be in [1, {p}] (the participating '
-        f'clients), got {threshold}.')
+  t = check_threshold(p, dropout_fraction, threshold)
 
   rng = np.random.default_rng((seed, round_num, _STREAM_TAG))
   sk, pk, self_secret = {}, {}, {}
@@ -162,18 +184,11 @@ def round_setup(seed: int, round_num: int, client_ids: np.ndarray,
     for v in positions[a + 1:]:
       pair_seeds[u, v] = pair_seeds[v, u] = _words(pow(pk[v], sk[u], P))
 
-  num_dropped = round(dropout_fraction * p)
   dropped = np.zeros(n, bool)
-  dropped[rng.choice(positions, num_dropped, replace=False)] = True
+  dropped[rng.choice(positions, round(dropout_fraction * p),
+                     replace=False)] = True
   arrived = part & ~dropped
   survivors = np.flatnonzero(arrived)
-  if len(survivors) < t:
-    raise SecAggThresholdError(
-        f'Secure aggregation cannot unmask: only {len(survivors)} of {p} '
-        f'participating clients survived the dropouts, fewer than the '
-        f'threshold t = {t} needed to reconstruct the dropped clients\' '
-        f'masks. Lower --secagg_dropout_fraction (now {dropout_fraction}) '
-        f'or --secagg_threshold (now {t}).')
 
   holders = sorted(rng.choice(survivors, t, replace=False).tolist())
   recovered_pair_seeds = np.zeros((n, n, 2), np.uint32)

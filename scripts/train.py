@@ -54,6 +54,7 @@ from fedjax_core import simulation
 from fedjax_core import uplink
 import models
 from scripts import placement_flags
+from scripts import run_config
 
 _ALGORITHM = flags.DEFINE_list(
     'algorithm', ['fedavg', 'fedadam'],
@@ -166,6 +167,11 @@ _CHECKPOINT_EVERY = flags.DEFINE_integer(
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Output directory (default: a new runs/TIMESTAMP).')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    'allow_config_change', False, 'Resume a workdir although one of '
+    f'--{", --".join(sorted(run_config.SAFE_TO_CHANGE))} differs from its '
+    'flags.json (the change is recorded there). Other flags never change '
+    'within a workdir.')
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
     'coordinator_address', None, 'host:port of process 0 of a multi-process '
     'run (jax.distributed); give --num_processes and --process_id too. '
@@ -536,11 +542,8 @@ def _describe(name: str, sim: simulation.Simulation, workdir: str) -> None:
         f'{sim.store.placement}, devices={sim.mesh.size}, '
         f'workdir={workdir}')
   if sim.privacy is not None:
-    print(f'{name}: client-level DP with noise multiplier '
-          f'{sim.privacy.noise_multiplier:.4g}, clip {_DP_CLIP_NORM.value:g}; '
-          f'{sim.final_round} rounds spend epsilon '
-          f'{sim.privacy.epsilon(sim.final_round):.4g} at delta '
-          f'{_DP_DELTA.value:g}')
+    print(f'{name}: {sim.privacy.describe(sim.final_round)}; clip '
+          f'{_DP_CLIP_NORM.value:g}')
   if config.robust is not None or config.attack is not None:
     print(f'{name}: {_byzantine_line(config)}')
   if name in algorithms.LORA_ALGORITHMS:
@@ -552,23 +555,34 @@ def _describe(name: str, sim: simulation.Simulation, workdir: str) -> None:
           f'({100 * trainable / (trainable + frozen):.2f}% trained)')
 
 
-def _run_one(name: str, dataset, model, workdir: str) -> dict:
-  """Trains algorithm `name` and returns its summary."""
+def _run_one(name: str, dataset, model, workdir: str, start) -> dict:
+  """Trains algorithm `name` and returns its summary; calls `start()` once
+  the run is built and checked, before it writes anything."""
   algorithm = _build(name, model.apply, dataset.num_clients)
   sim = simulation.Simulation(algorithm, model, dataset,
                               _config(_SEED.value, workdir, _PROGRESS.value),
                               mesh=placement_flags.mesh())
+  start()
   _describe(name, sim, workdir)
   summary = sim.run()
-  if 'stopped_by_privacy_budget' in summary:
-    print(f'{name}: {summary["stopped_by_privacy_budget"]}')
+  _report(name, summary)
   return summary
 
 
-def _run_vmapped(name: str, datasets_by_seed: dict, model,
-                 workdir: str) -> dict[str, dict]:
+def _report(name: str, summary: dict) -> None:
+  """Prints what a run's summary says beyond the table: where it resumed
+  and whether the privacy budget stopped it."""
+  if 'resumed_from_round' in summary:
+    print(f'{name}: resumed from round {summary["resumed_from_round"]}')
+  if 'stopped_by_privacy_budget' in summary:
+    print(f'{name}: {summary["stopped_by_privacy_budget"]}')
+
+
+def _run_vmapped(name: str, datasets_by_seed: dict, model, workdir: str,
+                 start) -> dict[str, dict]:
   """Trains algorithm `name` for every seed (and --vmapped_hparam value) in
-  one compiled program; returns each run's summary by its directory."""
+  one compiled program; returns each run's summary by its directory. Calls
+  `start()` as `_run_one` does."""
   hparam, values = _vmapped_values([name])
   runs, labels = [], []
   for value in values:
@@ -576,13 +590,15 @@ def _run_vmapped(name: str, datasets_by_seed: dict, model,
     for seed, dataset in datasets_by_seed.items():
       label = os.path.join(*([] if hparam is None else [f'{hparam}={value:g}']),
                            f'seed_{seed}')
-      run_dir = os.path.join(workdir, label)
-      _write_partition(run_dir, dataset)
       sim = simulation.Simulation(
           _build(name, model.apply, dataset.num_clients, overrides), model,
           dataset, _config(seed, None, False), mesh=placement_flags.mesh())
-      runs.append(fedjax_core.Run(sim, run_dir, overrides))
+      runs.append(fedjax_core.Run(sim, os.path.join(workdir, label),
+                                  overrides))
       labels.append(label)
+  start()
+  for run in runs:
+    _write_partition(run.workdir, run.simulation.dataset)
   _describe(name, runs[0].simulation, workdir)
   print(f'{name}: {len(runs)} runs ({", ".join(labels)}) in one program')
   group = fedjax_core.VmappedRuns(
@@ -592,8 +608,7 @@ def _run_vmapped(name: str, datasets_by_seed: dict, model,
                                      h))
   summaries = dict(zip(labels, group.run()))
   for label, summary in summaries.items():
-    if 'stopped_by_privacy_budget' in summary:
-      print(f'{name}/{label}: {summary["stopped_by_privacy_budget"]}')
+    _report(f'{name}/{label}', summary)
   return summaries
 
 
@@ -664,52 +679,106 @@ def _seed_means(summaries: dict[str, dict]) -> list[str]:
 
 def format_table(summaries: dict[str, dict]) -> str:
   """A plain-text table of each algorithm's accuracy and time (and the
-  epsilon spent, under DP); a run that diverged shows where instead."""
+  epsilon spent, under DP); a run that diverged shows where instead.
+
+  `wall s` is the time of all its rounds, compiles included, evaluation
+  excluded; `s/round` the mean round once compiled.
+  """
   private = any('epsilon' in s for s in summaries.values())
   width = max([12, *map(len, summaries)])
   header = (f'{"algorithm":<{width}} {"final acc":>9} {"best acc":>9} '
-            f'{"best round":>10} {"train loss":>10} {"round s":>8}'
-            + (f' {"epsilon":>8}' if private else ''))
+            f'{"best round":>10} {"train loss":>10} {"wall s":>8} '
+            f'{"s/round":>8}' + (f' {"epsilon":>8}' if private else ''))
   lines = [header, '-' * len(header)]
   for name, s in summaries.items():
     if 'diverged' in s:
       lines.append(f'{name:<{width}} {s["diverged"]}')
       continue
+    per_round = s.get('s_per_round')
     lines.append(
         f'{name:<{width}} {s["final_test_accuracy"]:>9.4f} '
         f'{s["best_test_accuracy"]:>9.4f} {s["best_round"]:>10d} '
-        f'{s["final_train_loss"]:>10.4f} {s["wall_s"]:>8.1f}'
+        f'{s["final_train_loss"]:>10.4f} {s["wall_s"]:>8.1f} '
+        + (f'{per_round:>8.3f}' if per_round is not None else f'{"-":>8}')
         + (f' {s["epsilon"]:>8.3g}' if private else ''))
   return '\n'.join(lines)
 
 
+def _check_flags(names: list[str]) -> None:
+  """Every check of the flags that needs no data; raises ValueError naming
+  the flag. Runs before anything is loaded or written."""
+  for name in names:
+    algorithms.hyperparameters(name)  # An unknown name is an error.
+  _check_hparam_targets(names)
+  _check_flag_groups()
+  placement_flags.mesh()  # A bad --mesh_shape fails before any data.
+  if _NUM_SEEDS.value < 1:
+    raise ValueError(f'--num_seeds must be positive, got '
+                     f'{_NUM_SEEDS.value}.')
+  _vmapped_values(names)
+  num_clients = _NUM_CLIENTS.value
+  if num_clients is not None and num_clients < 1:
+    raise ValueError(f'--num_clients must be positive, got {num_clients}.')
+  scheme = _PARTITION.value or datasets.default_partition(_DATASET.value)
+  alpha = _DIRICHLET_ALPHA.value
+  if scheme in ('dirichlet', 'dirichlet_equal') and not alpha > 0:
+    raise ValueError(f'--dirichlet_alpha must be > 0, got {alpha}; use e.g. '
+                     '0.1 for strong label skew or 100 for nearly IID '
+                     'clients.')
+  if not 0 <= _LOCAL_TEST_FRACTION.value < 1:
+    raise ValueError(f'--local_test_fraction must be in [0, 1), got '
+                     f'{_LOCAL_TEST_FRACTION.value}.')
+  if num_clients is None:
+    num_clients = datasets.default_num_clients(_DATASET.value)
+  _config(_SEED.value, None, False).validate(num_clients)
+
+
+def _check_workdir(workdir: str) -> dict | None:
+  """The workdir's recorded configuration if this run may resume it (or
+  None for a new workdir); raises `run_config.ConfigChangedError` if a
+  flag differs. Reads only."""
+  safe = run_config.SAFE_TO_CHANGE
+  if _DP_CLIP_NORM.value is not None and _DP_NOISE.value is None:
+    safe -= {'num_rounds'}  # The noise is calibrated to the run's length.
+  return run_config.check(
+      workdir, _recorded_flags(), allow_change=_ALLOW_CONFIG_CHANGE.value,
+      safe=safe, defaults=_recorded_flags(defaults=True))
+
+
+def _recorded_flags(defaults: bool = False) -> dict:
+  """This run's result-affecting flags (or their defaults), by name."""
+  return run_config.flag_values([sys.modules[__name__], placement_flags],
+                                defaults)
+
+
+def _quiet_logs() -> None:
+  """Hides INFO lines of other libraries (jax's 'Unable to initialize
+  backend' on machines without a TPU, orbax's per-save lines) unless
+  --verbosity asks for them."""
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+
+
 def main(argv):
+  _quiet_logs()  # Before jax initializes its backends.
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+    sys.exit(f'error: unexpected arguments: {" ".join(argv[1:])}')
   placement.use_cpu_device_per_core(_CPU_DEVICES.value)
   try:
     distributed.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
                            _PROCESS_ID.value)
   except ValueError as e:
-    raise app.UsageError(str(e)) from None
-  if not placement.is_main_process():
+    sys.exit(f'error: {e}')
+  main_process = placement.is_main_process()
+  if not main_process:
     sys.stdout = open(os.devnull, 'w')  # Process 0 reports for all.
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # Hides orbax's per-save INFO lines.
-  if _LOCAL_EPOCHS.value is not None and _LOCAL_STEPS.value is not None:
-    raise app.UsageError('Set --local_epochs or --local_steps, not both.')
   workdir = _WORKDIR.value or os.path.join(
       'runs', time.strftime('%Y%m%d-%H%M%S'))
   names = _ALGORITHM.value
   try:
-    _check_hparam_targets(names)
-    _check_flag_groups()
-    placement_flags.mesh()  # A bad --mesh_shape fails before any data.
-    if _NUM_SEEDS.value < 1:
-      raise ValueError(f'--num_seeds must be positive, got '
-                       f'{_NUM_SEEDS.value}.')
+    _check_flags(names)
+    recorded = _check_workdir(workdir)
     vmapped = _NUM_SEEDS.value > 1 or bool(_VMAPPED_HPARAM.value)
-    _vmapped_values(names)
     datasets_by_seed = {
         seed: _load_dataset(seed)
         for seed in range(_SEED.value, _SEED.value + _NUM_SEEDS.value)}
@@ -719,20 +788,32 @@ def main(argv):
       _build(name, model.apply, dataset.num_clients)
     print(f'{dataset.name}: {len(dataset.train_y)} train / '
           f'{len(dataset.test_y)} test examples; model {_MODEL.value}')
-    if not vmapped:
-      print(_write_partition(workdir, dataset))
+    started = False
+
+    def start():
+      """Writes flags.json (and the partition) once the first run is built
+      and checked, so that a refused run leaves the workdir untouched."""
+      nonlocal started
+      if started or not main_process:
+        return
+      started = True
+      run_config.write(workdir, _recorded_flags(), recorded,
+                       _recorded_flags(defaults=True))
+      if not vmapped:
+        print(_write_partition(workdir, dataset))
+
     summaries, failures = {}, []
     for name in names:
       run_dir = os.path.join(workdir, name) if len(names) > 1 else workdir
       if vmapped:
-        runs = _run_vmapped(name, datasets_by_seed, model, run_dir)
+        runs = _run_vmapped(name, datasets_by_seed, model, run_dir, start)
         for label, summary in runs.items():
           summaries[f'{name}/{label}'] = summary
           if 'diverged' in summary:
             failures.append(f'{name}/{label}: {summary["diverged"]}')
         continue
       try:
-        summaries[name] = _run_one(name, dataset, model, run_dir)
+        summaries[name] = _run_one(name, dataset, model, run_dir, start)
       except simulation.TrainingDivergedError as e:
         # One diverging algorithm does not cost the comparison the others.
         print(f'{name}: {e}', file=sys.stderr)

@@ -38,6 +38,15 @@ _DEFAULT_PARTITION = {'synthetic': 'natural',
 _TFDS_DEFAULT_CLIENTS = 100  # FL-Simulator's default population.
 
 
+def default_num_clients(name: str) -> int | None:
+  """The population `load_dataset` splits `name` into when none is given;
+  None for the text datasets, whose one client per group is known once
+  loaded."""
+  if name in text.TEXT_NAMES:
+    return None
+  return _DEFAULT_CLIENTS.get(name, _TFDS_DEFAULT_CLIENTS)
+
+
 def default_partition(name: str) -> str:
   """The partition `load_dataset` uses for `name` when none is given."""
   return _DEFAULT_PARTITION.get(name, 'dirichlet')
@@ -254,7 +263,7 @@ def load_dataset(name: str,
   # part, is known once loaded; their loaders ignore num_clients.
   per_group = num_clients is None and name in text.TEXT_NAMES
   if num_clients is None:
-    num_clients = _DEFAULT_CLIENTS.get(name, _TFDS_DEFAULT_CLIENTS)
+    num_clients = default_num_clients(name) or _TFDS_DEFAULT_CLIENTS
   partition = partition or default_partition(name)
   central = load_central(name, num_clients=num_clients, seed=seed,
                          data_dir=data_dir, synthetic_alpha=synthetic_alpha,

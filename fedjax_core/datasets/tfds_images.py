@@ -21,6 +21,9 @@ Decoding the PNG-encoded examples in Python dominates the reading time
 `__getitems__` calls of 4096.
 """
 
+import contextlib
+import logging
+
 import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
@@ -68,8 +71,10 @@ def prepared_builder(name: str, tfds_name: str, data_dir: str | None,
     DatasetNotPreparedError: its data are not prepared in a random-access
       format; the message says how to prepare them, then `alternative`.
   """
-  builder = tfds.builder(tfds_name, data_dir=data_dir)
-  if not builder.is_prepared():
+  with _without_tfds_logs():
+    builder = tfds.builder(tfds_name, data_dir=data_dir)
+    prepared = builder.is_prepared()
+  if not prepared:
     raise _not_prepared_error(name, tfds_name, builder, 'is not prepared',
                               alternative)
   formats = builder.info.available_file_formats()
@@ -80,6 +85,21 @@ def prepared_builder(name: str, tfds_name: str, data_dir: str | None,
         name, tfds_name, builder, f'is prepared only as {found}, which '
         'tfds.data_source cannot read', alternative)
   return builder
+
+
+@contextlib.contextmanager
+def _without_tfds_logs():
+  """Drops TFDS's log lines while it looks for prepared data: it warns about
+  version folders that do not exist, which the not-prepared error already
+  explains with what to do."""
+  def keep(record: logging.LogRecord) -> bool:
+    return 'tensorflow_datasets' not in record.pathname
+  logger = logging.getLogger('absl')
+  logger.addFilter(keep)
+  try:
+    yield
+  finally:
+    logger.removeFilter(keep)
 
 
 def _read_split(builder, name: str, split: str, transpose: bool):

@@ -137,3 +137,15 @@ def test_padding_slots_may_repeat_ids():
   part = np.array([1, 1, 0, 1], bool)
   inputs = _setup(ids=ids, part=part, dropout_fraction=0.0)
   assert inputs.arrived.tolist() == [True, True, False, True]
+
+
+def test_check_threshold_by_hand():
+  """5 participants, 40% drop: round(2.0) = 2 drop, 3 survive. The default
+  t is a majority, 5 // 2 + 1 = 3."""
+  assert secagg_protocol.check_threshold(5, 0.4, None) == 3
+  assert secagg_protocol.check_threshold(5, 0.4, 2) == 2
+  with pytest.raises(secagg_protocol.SecAggThresholdError,
+                     match='only 3 of 5 participating clients survive'):
+    secagg_protocol.check_threshold(5, 0.4, 4)
+  with pytest.raises(ValueError, match=r'must be in \[1, 5\]'):
+    secagg_protocol.check_threshold(5, 0.0, 6)

@@ -115,6 +115,7 @@ def test_two_processes_equal_one_process(tmp_path, single, state_store):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
   if state_store == 'sharded':
-    _two_processes(multi, f'--state_store={state_store}', '--num_rounds=4')
+    _two_processes(multi, f'--state_store={state_store}', '--num_rounds=4',
+                   '--allow_config_change')
     assert [r['round'] for r in _metrics(multi)] == [1, 2, 3, 4]
 

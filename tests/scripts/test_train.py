@@ -24,6 +24,11 @@ def _train(*flags, cwd=REPO):
                         timeout=300)
 
 
+def _table(stdout: str) -> str:
+  """The results table train prints last, from its header on."""
+  return stdout[stdout.rindex('\nalgorithm ') + 1:]
+
+
 def test_default_workdir_is_a_new_relative_runs_dir(tmp_path):
   result = _train(*SMALL, '--algorithm=fedavg', cwd=tmp_path)
   assert result.returncode == 0, result.stderr
@@ -36,7 +41,8 @@ def test_compares_algorithms_and_resumes(tmp_path):
   workdir = str(tmp_path)
   first = _train(*SMALL, '--algorithm=fedavg,fedyogi', f'--workdir={workdir}')
   assert first.returncode == 0, first.stderr
-  table = first.stdout[first.stdout.index('algorithm'):]
+  assert 'Unable to initialize backend' not in first.stderr
+  table = _table(first.stdout)
   assert 'fedavg' in table and 'fedyogi' in table
   for name in ('fedavg', 'fedyogi'):
     with open(os.path.join(workdir, name, 'metrics.jsonl')) as f:
@@ -48,8 +54,8 @@ def test_compares_algorithms_and_resumes(tmp_path):
 
   again = _train(*SMALL, '--algorithm=fedavg,fedyogi', f'--workdir={workdir}')
   assert again.returncode == 0, again.stderr
-  assert again.stdout[again.stdout.index('algorithm'):] \
-      .split('\n')[:4] == table.split('\n')[:4]
+  assert _table(again.stdout).split('\n')[:4] == table.split('\n')[:4]
+  assert 'fedyogi: resumed from round 3' in again.stdout
 
 
 BAD_INPUT = [
@@ -62,6 +68,14 @@ BAD_INPUT = [
     ('--partition=pathological --classes_per_client=11',
      'classes_per_client must be in [1, 10]'),
     ('--local_test_fraction=1', '--local_test_fraction must be in [0, 1)'),
+    ('--dirichlet_alpha=-1', '--dirichlet_alpha must be > 0, got -1'),
+    ('--local_epochs=1 --local_steps=2', 'Set --local_epochs or '
+     '--local_steps, not both.'),
+    ('--num_rounds=0', '--num_rounds must be positive, got 0'),
+    ('--batch_size=0', '--batch_size must be positive, got 0'),
+    ('--num_clients=0', '--num_clients must be positive, got 0'),
+    ('--aggregator=secure --secagg_threshold=4', '--secagg_threshold must '
+     'be in [1, 3]'),
     ('--size_buckets=0', '--size_buckets must be positive'),
     ('--dataset=synthetic --augment', '--augment needs images of shape'),
     ('--client_optimizer=lion', 'value should be one of'),
@@ -121,14 +135,20 @@ def bad_input_outcomes(tmp_path_factory):
   cases = [[*SMALL, *flag.split(), f'--workdir={root / str(k)}',
             f'--data_dir={root / "tfds"}']
            for k, (flag, _) in enumerate(BAD_INPUT)]
+  outcomes, _ = _drive(cases)
+  return {flag: outcome for (flag, _), outcome in zip(BAD_INPUT, outcomes)}
+
+
+def _drive(cases: list[list[str]]) -> tuple[list[dict], str]:
+  """Runs train's main on each argument list in one process
+  (train_main_driver.py); returns each case's outcome and all stdout."""
   result = subprocess.run(
       [sys.executable, os.path.join(os.path.dirname(__file__),
                                     'train_main_driver.py'),
        json.dumps(cases)], cwd=REPO, env={**os.environ, 'PYTHONPATH': REPO},
       capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr
-  outcomes = json.loads(result.stdout.strip().splitlines()[-1])
-  return {flag: outcome for (flag, _), outcome in zip(BAD_INPUT, outcomes)}
+  return json.loads(result.stdout.strip().splitlines()[-1]), result.stdout
 
 
 @pytest.mark.parametrize('flag, message', BAD_INPUT)
@@ -136,6 +156,41 @@ def test_bad_input_is_a_clear_error(bad_input_outcomes, flag, message):
   outcome = bad_input_outcomes[flag]
   assert 'traceback' not in outcome, outcome.get('traceback')
   assert outcome['exit'] is not None and message in outcome['exit']
+  assert not outcome['wrote'], 'a refused run must leave no workdir behind'
+
+
+def test_a_workdir_resumes_only_its_own_configuration(tmp_path):
+  """flags.json records the flags; a re-run that changes one is refused
+  before any work, a safe change passes with --allow_config_change."""
+  run = [*SMALL, '--algorithm=fedavg', f'--workdir={tmp_path}']
+  outcomes, stdout = _drive([
+      run,
+      [*run, '--client_lr=0.1'],
+      [*run, '--model=mlp'],
+      [*run, '--num_rounds=4'],
+      [*run, '--num_rounds=4', '--allow_config_change'],
+      [*run, '--num_rounds=5', '--allow_config_change', '--client_lr=0.1'],
+  ])
+  first, lr, model, longer, allowed, mixed = outcomes
+  assert first == {'exit': None, 'wrote': True}
+  assert '--client_lr: 0.05 -> 0.1' in lr['exit']
+  assert 'use a new --workdir' in lr['exit']
+  assert '--allow_config_change' not in lr['exit']
+  assert '--model: "logreg" -> "mlp"' in model['exit']
+  assert '--num_rounds: 3 -> 4' in longer['exit']
+  assert 'add --allow_config_change' in longer['exit']
+  assert allowed == {'exit': None, 'wrote': True}
+  assert 'only --client_lr cannot change' in mixed['exit']
+  assert stdout.count('fedavg: resumed from round 3') == 1
+  record = json.loads((tmp_path / 'flags.json').read_text())
+  assert record['flags']['num_rounds'] == 4
+  assert record['flags']['client_lr'] == 0.05
+  assert [c['flags'] for c in record['changes']] == [
+      {'num_rounds': {'old': 3, 'new': 4}}]
+  rounds = [json.loads(line)['round']
+            for line in (tmp_path / 'metrics.jsonl').read_text().split('\n')
+            if line]
+  assert rounds == [1, 2, 3, 4]
 
 
 def test_every_algorithm_runs_from_the_command_line(tmp_path):
@@ -150,7 +205,7 @@ def test_every_algorithm_runs_from_the_command_line(tmp_path):
       f'--algorithm={",".join(names)}', '--lora_targets=Dense_0',
       '--hparams=fedprox.mu=0.1,fedspeed.form=reference,fedsam.rho=0.05')
   assert result.returncode == 0, result.stderr
-  table = result.stdout[result.stdout.index('algorithm'):]
+  table = _table(result.stdout)
   for name in names:
     assert f'\n{name} ' in table
     with open(tmp_path / name / 'summary.json') as f:
@@ -163,7 +218,7 @@ def test_a_diverging_algorithm_does_not_stop_the_comparison(tmp_path):
   result = _train(*SMALL, '--algorithm=fedprox,fedavg',
                   '--hparams=fedprox.mu=1000', f'--workdir={tmp_path}')
   assert result.returncode != 0
-  table = result.stdout[result.stdout.index('algorithm'):]
+  table = _table(result.stdout)
   assert 'fedprox      diverged (round 1)' in table
   with open(tmp_path / 'fedavg' / 'summary.json') as f:
     assert f'{json.load(f)["final_test_accuracy"]:.4f}' in table
@@ -216,13 +271,18 @@ def test_dp_fedavg_over_secure_aggregation_reports_epsilon(tmp_path):
                   '--dp_noise_multiplier=1.0', '--dp_sampling=poisson',
                   '--aggregator=secure', f'--workdir={tmp_path}')
   assert result.returncode == 0, result.stderr
-  assert 'client-level DP with noise multiplier 1' in result.stdout
+  assert ('fedavg: client-level DP: Poisson sampling (each of 6 clients '
+          'with probability q = 3/6 = 0.5) under add-or-remove-one '
+          'neighbours; dp-accounting RDP; noise multiplier 1: 3 rounds spend '
+          'epsilon ') in result.stdout
   with open(tmp_path / 'metrics.jsonl') as f:
     records = [json.loads(line) for line in f]
   epsilons = [r['epsilon'] for r in records]
+  assert f'spend epsilon {epsilons[-1]:.4g} at delta 1e-05; clip 0.5' in \
+      result.stdout
   assert len(epsilons) == 3 and epsilons == sorted(epsilons)
   assert all('secagg_clipped_fraction' in r for r in records)
-  table = result.stdout[result.stdout.index('algorithm'):]
+  table = _table(result.stdout)
   assert 'epsilon' in table and f'{epsilons[-1]:.3g}' in table
 
 
@@ -248,7 +308,8 @@ def _records(path):
   """A metrics file's records without the host timings."""
   with open(path) as f:
     return [{k: v for k, v in json.loads(line).items()
-             if k not in ('wall_s', 'examples_per_s')} for line in f]
+             if k not in ('wall_s', 'examples_per_s', 'compiled')}
+            for line in f]
 
 
 def test_num_seeds_runs_each_seed_as_its_single_run(tmp_path):

@@ -4,11 +4,13 @@ Usage: python train_main_driver.py CASES_JSON. CASES_JSON is a list of
 argument lists. The last line printed is a JSON list with, for each case,
 {"exit": MESSAGE} for a clean exit (sys.exit, or a flag error as absl
 reports it), {"exit": null} for a run that finished, or {"traceback": TEXT}
-for anything that escaped `main`. One process serves every case, so the
-tests of train's errors pay for jax's import once.
+for anything that escaped `main`, and "wrote": whether the case's --workdir
+exists afterwards. One process serves every case, so the tests of train's
+errors pay for jax's import once.
 """
 
 import json
+import os
 import sys
 import traceback
 
@@ -32,5 +34,12 @@ def _run(argv: list[str]) -> dict:
   return {'exit': None}
 
 
+def _outcome(argv: list[str]) -> dict:
+  workdirs = [a.split('=', 1)[1] for a in argv if a.startswith('--workdir=')]
+  outcome = _run(argv)
+  outcome['wrote'] = any(os.path.exists(w) for w in workdirs)
+  return outcome
+
+
 if __name__ == '__main__':
-  print(json.dumps([_run(argv) for argv in json.loads(sys.argv[1])]))
+  print(json.dumps([_outcome(argv) for argv in json.loads(sys.argv[1])]))
