@@ -139,6 +139,16 @@ def bad_input_outcomes(tmp_path_factory):
   return {flag: outcome for (flag, _), outcome in zip(BAD_INPUT, outcomes)}
 
 
+def test_an_error_is_one_line_and_exit_status_1(tmp_path):
+  """No absl usage dump above the error, nothing written."""
+  result = _train('--local_epochs=1', '--local_steps=2',
+                  f'--workdir={tmp_path / "run"}')
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines() == [
+      'error: Set --local_epochs or --local_steps, not both.']
+  assert not os.path.exists(tmp_path / 'run')
+
+
 def _drive(cases: list[list[str]]) -> tuple[list[dict], str]:
   """Runs train's main on each argument list in one process
   (train_main_driver.py); returns each case's outcome and all stdout."""
