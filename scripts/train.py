@@ -23,6 +23,7 @@ Examples:
       --init_checkpoint=/tmp/base/base --lora_rank=4 --workdir=/tmp/lora
 """
 
+import glob
 import os
 import sys
 import time
@@ -745,6 +746,12 @@ def _check_workdir(workdir: str) -> dict | None:
       safe=safe, defaults=_recorded_flags(defaults=True))
 
 
+def _record_flags(workdir: str, recorded: dict | None) -> None:
+  """Writes this run's flags to the workdir's record (`run_config`)."""
+  run_config.write(workdir, _recorded_flags(), recorded,
+                   _recorded_flags(defaults=True))
+
+
 def _recorded_flags(defaults: bool = False) -> dict:
   """This run's result-affecting flags (or their defaults), by name."""
   return run_config.flag_values([sys.modules[__name__], placement_flags],
@@ -778,6 +785,13 @@ def main(argv):
   try:
     _check_flags(names)
     recorded = _check_workdir(workdir)
+    # A workdir an older version trained: its flags are known once its
+    # checkpoints have been restored under these.
+    unrecorded = recorded is None and bool(glob.glob(
+        os.path.join(workdir, '**', 'checkpoints'), recursive=True))
+    if unrecorded:
+      print(f'{workdir} has checkpoints but no {run_config.FILENAME}: its '
+            'flags cannot be checked; these are recorded once the run ends.')
     vmapped = _NUM_SEEDS.value > 1 or bool(_VMAPPED_HPARAM.value)
     datasets_by_seed = {
         seed: _load_dataset(seed)
@@ -791,14 +805,15 @@ def main(argv):
     started = False
 
     def start():
-      """Writes flags.json (and the partition) once the first run is built
-      and checked, so that a refused run leaves the workdir untouched."""
+      """Writes flags.json (unless `unrecorded`) and the partition once the
+      first run is built and checked, so that a refused run leaves the
+      workdir untouched."""
       nonlocal started
       if started or not main_process:
         return
       started = True
-      run_config.write(workdir, _recorded_flags(), recorded,
-                       _recorded_flags(defaults=True))
+      if not unrecorded:
+        _record_flags(workdir, recorded)
       if not vmapped:
         print(_write_partition(workdir, dataset))
 
@@ -819,6 +834,8 @@ def main(argv):
         print(f'{name}: {e}', file=sys.stderr)
         failures.append(f'{name}: {e}')
         summaries[name] = {'diverged': f'diverged (round {e.round_num})'}
+    if unrecorded and main_process:  # Its checkpoints matched these flags.
+      _record_flags(workdir, None)
   except ValueError as e:
     sys.exit(f'error: {e}')
   except KeyboardInterrupt:
