@@ -228,20 +228,33 @@ def _quiet_failed_reads():
   left unawaited, and tensorstore's callbacks into orbax's closed event
   loop."""
   logger = logging.getLogger('asyncio')
-  level, hook = logger.level, sys.unraisablehook
-
-  def quiet_hook(unraisable):
-    if str(unraisable.exc_value) != 'Event loop is closed':
-      hook(unraisable)
-
+  level = logger.level
   logger.setLevel(logging.CRITICAL)
-  sys.unraisablehook = quiet_hook
+  _drop_closed_loop_callbacks()
   try:
     yield
   finally:
     gc.collect()  # Drops the failed reads while asyncio is quiet.
     logger.setLevel(level)
-    sys.unraisablehook = hook
+
+
+def _drop_closed_loop_callbacks() -> None:
+  """Installs, once per process, an unraisable-exception hook that drops
+  `RuntimeError('Event loop is closed')` and hands every other exception to
+  the hook before it. Tensorstore raises it when a read still in flight
+  after a failed restore completes into orbax's closed event loop, which
+  can happen after the restore has returned."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_closed_loop_callbacks', False):
+    return
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == 'Event loop is closed'):
+      previous(unraisable)
+
+  hook.drops_closed_loop_callbacks = True
+  sys.unraisablehook = hook
 
 
 def _note(line: str) -> None:
