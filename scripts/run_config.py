@@ -57,7 +57,13 @@ def read(workdir: str) -> dict[str, Any] | None:
   if not os.path.exists(path):
     return None
   with open(path) as f:
-    return json.load(f)
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(
+          f'{path} is not valid JSON ({e}); restore it, or delete it to '
+          'resume without checking the flags (they are recorded again).'
+      ) from None
 
 
 def changed_flags(recorded: dict[str, Any], values: dict[str, Any],

@@ -82,3 +82,9 @@ def test_lists_and_tuples_compare_alike(tmp_path):
     assert json.load(f)['flags']['algorithm'] == ['fedavg']
   assert run_config.check(str(tmp_path), {**FLAGS, 'algorithm': ('fedavg',)},
                           allow_change=False)
+
+
+def test_a_damaged_record_is_a_clear_error(tmp_path):
+  (tmp_path / 'flags.json').write_text('{"flags": {')
+  with pytest.raises(ValueError, match='flags.json is not valid JSON'):
+    run_config.check(str(tmp_path), FLAGS, allow_change=False)
