@@ -171,7 +171,8 @@ def test_bad_input_is_a_clear_error(bad_input_outcomes, flag, message):
 
 def test_a_workdir_resumes_only_its_own_configuration(tmp_path):
   """flags.json records the flags; a re-run that changes one is refused
-  before any work, a safe change passes with --allow_config_change."""
+  before any work, a safe change passes with --allow_config_change; a
+  workdir without the record is checked by its checkpoints."""
   run = [*SMALL, '--algorithm=fedavg', f'--workdir={tmp_path}']
   outcomes, stdout = _drive([
       run,
@@ -202,24 +203,19 @@ def test_a_workdir_resumes_only_its_own_configuration(tmp_path):
             if line]
   assert rounds == [1, 2, 3, 4]
 
-
-def test_a_workdir_without_flags_json_is_checked_by_its_checkpoints(
-    tmp_path):
-  """A workdir an older version trained has no flags.json: another model
-  is refused by the checkpoint's shapes (writing no record), the same model
-  resumes and its flags are recorded at the end."""
-  run = [*SMALL, '--algorithm=fedavg', f'--workdir={tmp_path}']
-  _drive([run])
+  # Without flags.json (an older version's workdir), another model is
+  # refused by the checkpoint's shapes, writing no record; the same model
+  # resumes and its flags are recorded at the end.
   (tmp_path / 'flags.json').unlink()
   (mismatch, resumed), stdout = _drive([
-      [*run, '--model=mlp'], [*run, '--num_rounds=4']])
+      [*run, '--num_rounds=4', '--model=mlp'], [*run, '--num_rounds=5']])
   assert 'written by a run with a different model or algorithm state' in \
       mismatch['exit']
   assert resumed == {'exit': None, 'wrote': True}  # Not refused by a record.
   assert stdout.count('has checkpoints but no flags.json') == 2
   record = json.loads((tmp_path / 'flags.json').read_text())
   assert record['flags']['model'] == 'logreg'
-  assert record['flags']['num_rounds'] == 4
+  assert record['flags']['num_rounds'] == 5
 
 
 def test_every_algorithm_runs_from_the_command_line(tmp_path):
