@@ -55,8 +55,9 @@ def _check_num_clients(num_clients: int, num_examples: int):
         f'at most {num_examples} clients.')
 
 
-def _check_alpha(alpha: float):
-  if alpha <= 0:
+def check_alpha(alpha: float) -> None:
+  """Raises ValueError unless the Dirichlet concentration is positive."""
+  if not alpha > 0:
     raise ValueError(
         f'alpha must be > 0, got {alpha}; use e.g. 0.1 for strong label skew '
         'or 100 for near-IID clients.')
@@ -142,7 +143,7 @@ def dirichlet_partition(labels: np.ndarray, num_clients: int, alpha: float,
   labels = _check_labels(labels)
   num_examples = len(labels)
   _check_num_clients(num_clients, num_examples)
-  _check_alpha(alpha)
+  check_alpha(alpha)
   _check_min_client_size(min_client_size, num_clients, num_examples)
   class_sizes = np.unique(labels, return_counts=True)[1]
   by_class = np.split(np.argsort(labels, kind='stable'),
@@ -249,7 +250,7 @@ def dirichlet_equal_partition(labels: np.ndarray, num_clients: int,
   labels = _check_labels(labels)
   num_examples = len(labels)
   _check_num_clients(num_clients, num_examples)
-  _check_alpha(alpha)
+  check_alpha(alpha)
   _check_size_sigma(size_sigma)
   rng = np.random.default_rng(seed)
   if size_sigma:

@@ -722,13 +722,12 @@ def _check_flags(names: list[str]) -> None:
     raise ValueError(f'--num_clients must be positive, got {num_clients}.')
   scheme = _PARTITION.value or datasets.default_partition(_DATASET.value)
   alpha = _DIRICHLET_ALPHA.value
-  if scheme in ('dirichlet', 'dirichlet_equal') and not alpha > 0:
-    raise ValueError(f'--dirichlet_alpha must be > 0, got {alpha}; use e.g. '
-                     '0.1 for strong label skew or 100 for nearly IID '
-                     'clients.')
-  if not 0 <= _LOCAL_TEST_FRACTION.value < 1:
-    raise ValueError(f'--local_test_fraction must be in [0, 1), got '
-                     f'{_LOCAL_TEST_FRACTION.value}.')
+  if scheme in ('dirichlet', 'dirichlet_equal'):
+    try:
+      partition.check_alpha(alpha)
+    except ValueError as e:
+      raise ValueError(f'--dirichlet_alpha: {e}') from None
+  datasets.check_local_test_fraction(_LOCAL_TEST_FRACTION.value)
   if num_clients is None:
     num_clients = datasets.default_num_clients(_DATASET.value)
   _config(_SEED.value, None, False).validate(num_clients)

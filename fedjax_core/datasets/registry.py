@@ -47,6 +47,14 @@ def default_num_clients(name: str) -> int | None:
   return _DEFAULT_CLIENTS.get(name, _TFDS_DEFAULT_CLIENTS)
 
 
+def check_local_test_fraction(fraction: float) -> None:
+  """Raises ValueError unless `fraction` of each client's rows can be held
+  out as its test split: 0 <= fraction < 1."""
+  if not 0 <= fraction < 1:
+    raise ValueError(f'--local_test_fraction must be in [0, 1), got '
+                     f'{fraction}.')
+
+
 def default_partition(name: str) -> str:
   """The partition `load_dataset` uses for `name` when none is given."""
   return _DEFAULT_PARTITION.get(name, 'dirichlet')
@@ -194,9 +202,7 @@ def federate(central: CentralDataset, client_indices, *,
   Returns:
     The `FederatedDataset`.
   """
-  if not 0 <= local_test_fraction < 1:
-    raise ValueError(f'--local_test_fraction must be in [0, 1), got '
-                     f'{local_test_fraction}.')
+  check_local_test_fraction(local_test_fraction)
   local_test = None
   if local_test_fraction > 0:
     client_indices, local_test = client_indices.hold_out(local_test_fraction,

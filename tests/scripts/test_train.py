@@ -68,7 +68,7 @@ BAD_INPUT = [
     ('--partition=pathological --classes_per_client=11',
      'classes_per_client must be in [1, 10]'),
     ('--local_test_fraction=1', '--local_test_fraction must be in [0, 1)'),
-    ('--dirichlet_alpha=-1', '--dirichlet_alpha must be > 0, got -1'),
+    ('--dirichlet_alpha=-1', '--dirichlet_alpha: alpha must be > 0, got -1'),
     ('--local_epochs=1 --local_steps=2', 'Set --local_epochs or '
      '--local_steps, not both.'),
     ('--num_rounds=0', '--num_rounds must be positive, got 0'),
