@@ -35,6 +35,7 @@ from algorithms.scaffold import scaffold_m
 from fedjax_core import optimizers
 from fedjax_core.algorithm import Algorithm, is_traced
 from fedjax_core.dp_sgd import DPSGDConfig
+from fedjax_core.errors import SettingError
 from fedjax_core.local_sgd import LocalSGD
 from fedjax_core.lora import LoRAConfig
 
@@ -113,8 +114,8 @@ def parse_hyperparameters(text: str) -> dict[str, Any]:
   for item in filter(None, (part.strip() for part in text.split(','))):
     key, sep, value = item.partition('=')
     if not sep or not key.strip():
-      raise ValueError(f'--hparams entry {item!r} is not NAME=VALUE '
-                       '(e.g. --hparams=rho=0.05,prox_coef=0.1).')
+      raise SettingError('hparams', f'hparams entry {item!r} is not '
+                         "NAME=VALUE (e.g. 'rho=0.05,prox_coef=0.1').")
     try:
       parsed[key.strip()] = float(value)
     except ValueError:
@@ -217,17 +218,19 @@ def build_algorithm(name: str, apply_fn: Callable[[PyTree, Any], Any], *,
     server_optimizer = variant.server_optimizer
   elif (name in _FEDAVG_FAMILY and name != 'fedavg'
         and server_optimizer != variant.server_optimizer):
-    raise ValueError(
-        f'--algorithm={name} implies --server_optimizer='
-        f'{variant.server_optimizer}, got {server_optimizer!r}; use '
-        f'--algorithm=fedavg --server_optimizer={server_optimizer} instead.')
+    raise SettingError(
+        'server_optimizer',
+        f'Algorithm {name} implies server_optimizer '
+        f'{variant.server_optimizer!r}, got {server_optimizer!r}; use '
+        f'algorithm fedavg with server_optimizer {server_optimizer!r} '
+        'instead.')
   server_tx = optimizers.server_optimizer(
       server_optimizer, variant.server_lr if server_lr is None else server_lr,
       momentum=server_momentum)
   if lora is not None and name not in _LORA_FAMILY:
-    raise ValueError(f'LoRA settings (--lora_rank, --lora_alpha, '
-                     f'--lora_targets) apply to {", ".join(LORA_ALGORITHMS)}'
-                     f', not {name}; drop them or change --algorithm.')
+    raise SettingError('lora', f'LoRA settings (lora) apply to '
+                       f'{", ".join(LORA_ALGORITHMS)}, not {name}; drop them '
+                       'or change the algorithm.')
   if name in _FEDAVG_FAMILY or name in _LORA_FAMILY:
     client_tx = optimizers.client_optimizer(
         client_optimizer, client_lr, weight_decay=weight_decay,
@@ -242,18 +245,20 @@ def build_algorithm(name: str, apply_fn: Callable[[PyTree, Any], Any], *,
                   weighted=True if weighted is None else weighted,
                   client_lr_decay=client_lr_decay, dp_sgd=dp_sgd)
   if dp_sgd is not None:
-    raise ValueError(
-        f'Client-side DP-SGD (--dp_sgd_clip_norm) runs in the FedAvg family '
+    raise SettingError(
+        'dp_sgd',
+        'Client-side DP-SGD (dp_sgd) runs in the FedAvg family '
         f'({", ".join(_FEDAVG_FAMILY)}) and in {", ".join(LORA_ALGORITHMS)}, '
-        f'not {name}; use one of those or client-level DP (--dp_clip_norm).')
+        f'not {name}; use one of those or client-level DP (client_dp).')
   if client_optimizer != 'sgd':
-    raise ValueError(
+    raise SettingError(
+        'client_optimizer',
         f'{name} runs plain local SGD, as its paper states it; '
-        f'--client_optimizer={client_optimizer} applies to the FedAvg family '
-        'only. Drop the flag.')
+        f'client_optimizer {client_optimizer!r} applies to the FedAvg family '
+        "only. Use client_optimizer 'sgd'.")
   if weighted:
-    raise ValueError(f'{name} averages clients uniformly, as its paper does; '
-                     'drop --weighted.')
+    raise SettingError('weighted', f'{name} averages clients uniformly, as '
+                       'its paper does; set weighted to None or False.')
   factory = _LOCAL_SGD_FAMILY[name]
   if 'num_clients' in inspect.signature(factory).parameters:
     checked['num_clients'] = num_clients

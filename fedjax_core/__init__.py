@@ -1,6 +1,5 @@
 """fedjax_core: the engine of a JAX-native federated learning simulator."""
 
-from fedjax_core.aggregation import Aggregator
 from fedjax_core.aggregation import RobustAggregation
 from fedjax_core.aggregation import SecureAggregation
 from fedjax_core.algorithm import Algorithm
@@ -37,12 +36,10 @@ from fedjax_core.simulation import SimulationConfig
 from fedjax_core.simulation import TrainingDivergedError
 from fedjax_core.state_store import ClientStateStore
 from fedjax_core.uplink import Uplink
-from fedjax_core.uplink import with_uplink
 from fedjax_core.vmapped_runs import Run
 from fedjax_core.vmapped_runs import VmappedRuns
 
 __all__ = (
-    'Aggregator',
     'Algorithm',
     'Attack',
     'Batch',
@@ -81,5 +78,4 @@ __all__ = (
     'reduce_weighted_sum',
     'sample_clients',
     'step_buckets',
-    'with_uplink',
 )

@@ -29,8 +29,13 @@ model grants the attacker:
 Label flipping (the data-poisoning attack of Fang, Cao, Jia and Gong, USENIX
 Security 2020, "Local Model Poisoning Attacks to Byzantine-Robust Federated
 Learning") acts on data rather than on messages: Byzantine clients train on
-the labels y -> C - 1 - y (`flip_labels`), applied by the engine inside
-local training; `apply_model_attack` leaves their updates alone.
+the labels y -> C - 1 - y (`flip_labels`), applied inside local training;
+`apply_model_attack` leaves their updates alone.
+
+`attack_stages` turns an `Attack` into channel stages: a 'cohort' stage
+that picks the Byzantine clients (metric `byzantine_clients`) and replaces
+their messages, plus, for label flipping, a 'client' stage that flips their
+labels.
 
 All functions are pure and jittable; Python floats and ints are static
 hyperparameters, counts of real and Byzantine clients are traced.
@@ -40,6 +45,11 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+
+from fedjax_core import placement
+from fedjax_core import streams
+from fedjax_core.channel.stage import Stage
+from fedjax_core.errors import SettingError
 
 ATTACKS = ('none', 'sign_flip', 'gaussian', 'label_flip', 'alie', 'ipm')
 
@@ -66,19 +76,20 @@ class Attack:
 
   def __post_init__(self):
     if self.name not in ATTACKS[1:]:
-      raise ValueError(f'Unknown --attack {self.name!r}; valid: '
-                       f'{", ".join(ATTACKS)}.')
+      raise SettingError('attack.name', f'Unknown attack {self.name!r}; '
+                         f'valid: {", ".join(ATTACKS[1:])}.')
     if not 0 <= self.fraction < 1:
-      raise ValueError('--byzantine_fraction must be in [0, 1), got '
-                       f'{self.fraction!r}.')
+      raise SettingError('attack.fraction', 'The Byzantine fraction of each '
+                         f'cohort must be in [0, 1), got {self.fraction!r}.')
     if self.name == 'alie' and self.alie_z is None and self.fraction >= 0.5:
-      raise ValueError(
-          'ALIE\'s z_max is infinite once half the cohort is Byzantine '
-          f'(--byzantine_fraction={self.fraction:g}); lower it or set '
-          '--alie_z.')
+      raise SettingError(
+          'attack.alie_z', 'ALIE without a z needs a Byzantine fraction '
+          'below 0.5 (the paper\'s z_max is infinite once half the cohort '
+          f'is Byzantine), got {self.fraction:g}; set alie_z or lower the '
+          'fraction.')
     if not self.stddev > 0:
-      raise ValueError(f'--attack_stddev must be positive, got '
-                       f'{self.stddev!r}.')
+      raise SettingError('attack.stddev', 'The Gaussian attack\'s noise '
+                         f'stddev must be positive, got {self.stddev!r}.')
 
   def num_byzantine(self, num_clients: int) -> int:
     """Byzantine clients among `num_clients` real ones (as
@@ -307,3 +318,47 @@ def apply_model_attack(name: str, updates: jax.Array, byzantine: jax.Array,
   if name == 'ipm':
     return ipm(updates, byzantine, is_real, ipm_epsilon)
   return updates
+
+
+def attack_stages(attack: Attack, num_classes: int | None = None
+                  ) -> tuple[Stage, ...]:
+  """`attack` as channel stages: under label flipping a 'client' stage
+  flipping the Byzantine clients' labels (which needs `num_classes`), and
+  always a 'cohort' stage that counts the Byzantine clients and replaces
+  their messages (model attacks) as the server receives them.
+
+  Both draw the Byzantine clients from the round's attack key, so they agree.
+
+  Examples:
+    >>> stages = attack_stages(Attack('sign_flip', fraction=0.2))
+  """
+  def mask(ctx):
+    return byzantine_mask(jax.random.fold_in(ctx.key, streams.BYZANTINE_MASK),
+                          ctx.is_real, attack.fraction)
+
+  def replace_messages(state, packets, ctx):
+    byzantine = mask(ctx)
+    metrics = {'byzantine_clients': jnp.sum(byzantine.astype(jnp.float32))}
+    if attack.name == 'label_flip':
+      return packets, state, metrics
+    flat, unravel = placement.flatten_clients(packets.message)
+    flat = apply_model_attack(
+        attack.name, flat, byzantine, ctx.is_real,
+        jax.random.fold_in(ctx.key, streams.MODEL_ATTACK),
+        scale=attack.scale, stddev=attack.stddev, alie_z=attack.alie_z,
+        ipm_epsilon=attack.ipm_epsilon)
+    return (packets._replace(message=jax.vmap(unravel)(flat)), state,
+            metrics)
+
+  model = Stage(f'{attack.name} attack', 'cohort', replace_messages,
+                stream=streams.ATTACK)
+  if attack.name != 'label_flip':
+    return (model,)
+  if not num_classes:
+    raise ValueError('Label flipping needs the number of classes.')
+  flip = Stage(
+      'label flip', 'client', lambda state, packet, key: (packet, state, {}),
+      stream=streams.ATTACK, client_inputs=mask,
+      relabel=lambda poisoned, y: jnp.where(
+          poisoned, flip_labels(y, num_classes), y))
+  return flip, model

@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fedjax_core.client_indices import ClientIndices
+from fedjax_core.errors import SettingError
 
 
 class CohortBatches(NamedTuple):
@@ -50,10 +51,11 @@ def client_num_steps(client_sizes: np.ndarray, batch_size: int,
     raise ValueError(f'batch_size must be positive, got {batch_size}.')
   client_sizes = np.asarray(client_sizes, np.int64)
   if batch_size > int(np.max(client_sizes)):
-    raise ValueError(
+    raise SettingError(
+        'batch_size',
         f'batch_size {batch_size} is larger than every client (the largest '
         f'has {int(np.max(client_sizes))} examples); use a smaller '
-        '--batch_size or fewer clients.')
+        'batch_size or fewer clients.')
   if local_steps is not None:
     if local_steps < 1:
       raise ValueError(f'local_steps must be positive, got {local_steps}.')
@@ -84,7 +86,8 @@ def step_buckets(steps: np.ndarray, cohort_size: int,
     Ascending distinct int64 step counts, the last one `max(steps)`.
   """
   if num_buckets < 1:
-    raise ValueError(f'--size_buckets must be >= 1, got {num_buckets}.')
+    raise SettingError('size_buckets', 'size_buckets must be >= 1, got '
+                       f'{num_buckets}.')
   levels = (np.arange(1, num_buckets + 1) / num_buckets)**(1 / cohort_size)
   return np.unique(np.quantile(steps, levels, method='higher')
                    .astype(np.int64))

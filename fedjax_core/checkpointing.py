@@ -22,6 +22,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from fedjax_core.algorithm import Frozen
+from fedjax_core.errors import SettingError
 
 PyTree = Any
 # Differing items a `CheckpointMismatchError` names.
@@ -30,9 +31,10 @@ _SHOWN_DIFFERENCES = 3
 _REASON_CHARS = 100
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(SettingError):
   """A checkpoint holds state of other paths, shapes or dtypes than the run:
-  it was written by a run with another model or algorithm."""
+  it was written by a run with another model or algorithm (`setting` is
+  'workdir')."""
 
 
 def _is_frozen(node: Any) -> bool:
@@ -191,9 +193,10 @@ class Checkpointer:
     if more > 0:
       shown += f'; and {more} more'
     raise CheckpointMismatchError(
+        'workdir',
         f'The checkpoint of round {step} in {self._directory} was written '
         f'by a run with a different model or algorithm state ({shown}). '
-        f'Use a new --workdir, or delete {self._directory} to start over.')
+        f'Use a new workdir, or delete {self._directory} to start over.')
 
   def close(self) -> None:
     """Waits for pending saves and releases the manager."""

@@ -9,6 +9,8 @@ import os
 
 import jax
 
+from fedjax_core.errors import SettingError
+
 # Launchers under which `jax.distributed.initialize()` finds the processes
 # by itself: the variable each sets, and whether its value names more than
 # one process.
@@ -38,10 +40,10 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
   backends.
 
   Raises:
-    ValueError: the flags are incomplete or out of range.
+    SettingError: the settings are incomplete or out of range.
   """
-  given = {'--coordinator_address': coordinator_address,
-           '--num_processes': num_processes, '--process_id': process_id}
+  given = {'coordinator_address': coordinator_address,
+           'num_processes': num_processes, 'process_id': process_id}
   if all(v is None for v in given.values()):
     if not in_cluster_environment():
       return False
@@ -49,12 +51,15 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
     return True
   missing = [name for name, value in given.items() if value is None]
   if missing:
-    raise ValueError(f'A multi-process run needs --coordinator_address, '
-                     f'--num_processes and --process_id; {", ".join(missing)} '
-                     'missing.')
-  if num_processes < 1 or not 0 <= process_id < num_processes:
-    raise ValueError(f'--process_id must be in [0, --num_processes='
-                     f'{num_processes}), got {process_id}.')
+    raise SettingError(missing[0], 'A multi-process run needs '
+                       'coordinator_address, num_processes and process_id; '
+                       f'{", ".join(missing)} missing.')
+  if num_processes < 1:
+    raise SettingError('num_processes', 'num_processes must be positive, '
+                       f'got {num_processes}.')
+  if not 0 <= process_id < num_processes:
+    raise SettingError('process_id', 'process_id must be in [0, '
+                       f'num_processes={num_processes}), got {process_id}.')
   jax.distributed.initialize(coordinator_address, num_processes=num_processes,
                              process_id=process_id)
   return True

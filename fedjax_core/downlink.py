@@ -27,12 +27,33 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from fedjax_core import streams
 from fedjax_core import uplink
 from fedjax_core.algorithm import Algorithm
+from fedjax_core.channel.stage import Stage
 
 PyTree = Any
-# The key of the clients' model in the round's aggregator state.
-BROADCAST_KEY = 'broadcast_params'
+
+
+def broadcast_stage(settings: uplink.Uplink) -> Stage:
+  """The compressed broadcast as the channel's 'broadcast' stage: its state
+  is the model the clients hold (initially the server's initial model),
+  its metric `bytes_down` the message's size.
+
+  Examples:
+    >>> stage = broadcast_stage(uplink.Uplink('topk', fraction=0.1))
+  """
+
+  def init(params):
+    return jax.tree.map(jnp.copy, params)
+
+  def apply(broadcast, params, key):
+    broadcast, num_bytes = compress_broadcast(params, broadcast, key,
+                                              settings)
+    return broadcast, broadcast, {'bytes_down': num_bytes}
+
+  return Stage(f'{settings.compressor} broadcast', 'broadcast', apply,
+               init=init, stream=streams.DOWNLINK)
 
 
 def compress_broadcast(params: PyTree, broadcast: PyTree, key: jax.Array,

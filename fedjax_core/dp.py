@@ -17,8 +17,19 @@ C <- C exp(-eta (b_bar - gamma)). Paying for the count out of the same
 budget leaves the updates the noise multiplier
 z_Delta = (z^-2 - (2 sigma_b)^-2)^(-1/2).
 
-All functions are pure and jittable; the engine calls them inside the
-compiled round (`fedjax_core.aggregation`).
+All functions are pure and jittable; `client_dp_stage` runs them inside
+the compiled round as a 'cohort' stage of the channel: it clips the
+messages on their way to the reducer, and on the aggregate's way out adds
+the noise, applies the fixed denominator and moves the clip.
+
+The noise is calibrated to the sensitivity of the reducer's sum of clipped
+messages, S for adding or removing one client; so the stage needs a
+reducer that provides a 'sum' (the mean or secure aggregation). A robust
+rule in DP-BREM (Gu et al. 2023, "DP-BREM: Differentially-Private and
+Byzantine-Robust Federated Learning with Client Momentum") is centered
+clipping of the clients' momenta with one iteration: v + (1/m) sum_i
+clip(x_i - v, S), i.e. this stage on the centered messages x_i - v
+(`fedjax_core.aggregation.centering_stage`), whose sensitivity is again S.
 """
 
 import dataclasses
@@ -29,6 +40,10 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
+
+from fedjax_core import streams
+from fedjax_core.channel.stage import Packet, Stage
+from fedjax_core.errors import SettingError
 
 PyTree = Any
 _NORM_EPS = 1e-12
@@ -63,21 +78,24 @@ class DPConfig:
 
   def __post_init__(self):
     if not self.clip_norm > 0:
-      raise ValueError(f'--dp_clip_norm must be positive, got '
-                       f'{self.clip_norm!r}.')
+      raise SettingError('client_dp.clip_norm', 'Client-level DP clip_norm '
+                         f'must be positive, got {self.clip_norm!r}.')
     if not self.noise_multiplier >= 0:
-      raise ValueError(f'--dp_noise_multiplier must be >= 0, got '
-                       f'{self.noise_multiplier!r}.')
+      raise SettingError('client_dp.noise_multiplier', 'Client-level DP '
+                         'noise_multiplier must be >= 0, got '
+                         f'{self.noise_multiplier!r}.')
     if not self.expected_clients > 0:
       raise ValueError('The expected cohort must be positive, got '
                        f'{self.expected_clients!r}.')
     if self.target_quantile is not None:
       if not 0 < self.target_quantile < 1:
-        raise ValueError('--dp_target_quantile must be in (0, 1), got '
-                         f'{self.target_quantile!r}.')
+        raise SettingError('client_dp.target_quantile', 'Adaptive '
+                           'clipping\'s target_quantile must be in (0, 1), '
+                           f'got {self.target_quantile!r}.')
       if not self.clip_learning_rate > 0:
-        raise ValueError('--dp_clip_learning_rate must be positive, got '
-                         f'{self.clip_learning_rate!r}.')
+        raise SettingError('client_dp.clip_learning_rate', 'Adaptive '
+                           'clipping\'s clip_learning_rate must be '
+                           f'positive, got {self.clip_learning_rate!r}.')
       self.update_noise_multiplier()  # Raises if sigma_b is too small.
 
   @property
@@ -99,10 +117,11 @@ class DPConfig:
       return z
     two_sigma_b = 2 * self.clipped_count_stddev
     if not two_sigma_b > z:
-      raise ValueError(
-          f'Adaptive clipping needs 2 * sigma_b > z: sigma_b = '
-          f'{self.clipped_count_stddev:g} leaves no budget for the updates '
-          f'at --dp_noise_multiplier={z:g}. Raise --dp_count_stddev (or '
+      raise SettingError(
+          'client_dp.count_stddev',
+          'Adaptive clipping needs 2 * sigma_b > z: sigma_b = count_stddev '
+          f'= {self.clipped_count_stddev:g} leaves no budget for the '
+          f'updates at noise_multiplier z = {z:g}. Raise count_stddev (or '
           'the cohort) or lower the noise multiplier.')
     return (z**-2 - two_sigma_b**-2)**-0.5
 
@@ -170,3 +189,67 @@ def next_clip_norm(clip_norm: jax.Array, unclipped_fraction: jax.Array,
   """The geometric update C exp(-eta (b_bar - gamma)) of Andrew et al."""
   return clip_norm * jnp.exp(-config.clip_learning_rate * (
       unclipped_fraction - config.target_quantile))
+
+
+def client_dp_stage(config: DPConfig, accountant=None) -> Stage:
+  """DP-FedAvg's clipping, noise and fixed denominator (and adaptive
+  clipping) as a 'cohort' stage with a `finish`.
+
+  On the way in, every message is clipped to the clip norm and every
+  client whose message arrives gets weight 1. On the way out, the sum of
+  the clipped messages gets N(0, (z S)^2) per coordinate and is divided by
+  the expected cohort m; under adaptive clipping the noised unclipped
+  count moves S. Metrics: `dp_clipped_fraction`, `dp_clip_norm` (and
+  `dp_unclipped_fraction` when adaptive).
+
+  Args:
+    config: the DP settings.
+    accountant: the host-side privacy accountant (`epsilon(rounds)`).
+
+  Examples:
+    >>> stage = client_dp_stage(DPConfig(1.0, 1.1, expected_clients=10))
+  """
+
+  def init(template):
+    del template
+    return {'clip_norm': jnp.float32(config.clip_norm)} if (
+        config.adaptive) else ()
+
+  def clip_norm_of(state):
+    return state['clip_norm'] if config.adaptive else jnp.float32(
+        config.clip_norm)
+
+  def apply(state, packets, ctx):
+    clip_norm = clip_norm_of(state)
+    counted = ctx.arrived.astype(jnp.float32)
+    messages, norms = jax.vmap(
+        lambda m: clip_update(m, clip_norm, config.per_layer))(
+            packets.message)
+    unclipped = (norms <= clip_norm).astype(jnp.float32)
+    metrics = {'dp_clipped_fraction': jnp.sum(counted * (1 - unclipped))
+                                      / jnp.maximum(jnp.sum(counted), 1.0),
+               'dp_clip_norm': clip_norm}
+    tallies = dict(packets.tallies)
+    if config.adaptive:
+      tallies['dp_unclipped'] = unclipped * counted
+    return Packet(messages, counted, tallies), state, metrics
+
+  def finish(state, aggregate, ctx):
+    clip_norm = clip_norm_of(state)
+    total = jax.tree.map(lambda x: x * aggregate.weight, aggregate.mean)
+    noised = add_gaussian_noise(
+        total, jax.random.fold_in(ctx.key, streams.DP_NOISE),
+        config.update_noise_multiplier() * clip_norm)
+    mean = jax.tree.map(lambda x: x / config.expected_clients, noised)
+    if not config.adaptive:
+      return aggregate._replace(mean=mean), state, {}
+    fraction = noisy_unclipped_fraction(
+        aggregate.tallies['dp_unclipped'], aggregate.weight,
+        jax.random.fold_in(ctx.key, streams.DP_COUNT), config)
+    return (aggregate._replace(mean=mean),
+            {'clip_norm': next_clip_norm(clip_norm, fraction, config)},
+            {'dp_unclipped_fraction': fraction})
+
+  return Stage('client-level DP', 'cohort', apply, init=init, finish=finish,
+               stream=streams.AGGREGATION, needs=frozenset({'sum'}),
+               accountant=accountant)

@@ -19,6 +19,7 @@ import optax
 from fedjax_core import dp
 from fedjax_core import losses
 from fedjax_core.algorithm import Batch
+from fedjax_core.errors import SettingError
 
 PyTree = Any
 PrivateGradFn = Callable[[PyTree, Batch, jax.Array],
@@ -34,11 +35,11 @@ class DPSGDConfig:
 
   def __post_init__(self):
     if not self.clip_norm > 0:
-      raise ValueError(f'--dp_sgd_clip_norm must be positive, got '
-                       f'{self.clip_norm!r}.')
+      raise SettingError('dp_sgd.clip_norm', 'DP-SGD clip_norm must be '
+                         f'positive, got {self.clip_norm!r}.')
     if not self.noise_multiplier >= 0:
-      raise ValueError(f'--dp_sgd_noise_multiplier must be >= 0, got '
-                       f'{self.noise_multiplier!r}.')
+      raise SettingError('dp_sgd.noise_multiplier', 'DP-SGD noise_multiplier '
+                         f'must be >= 0, got {self.noise_multiplier!r}.')
 
 
 def private_loss_and_grad(apply_fn: Callable[[PyTree, jax.Array], jax.Array],

@@ -26,6 +26,8 @@ import json
 import os
 from typing import Any, Iterable, Sequence
 
+from fedjax_core.errors import SettingError
+
 SEED = 'seed'
 RESERVED_FLAGS = ('workdir', 'num_seeds', 'vmapped_hparam')
 _TOP_LEVEL_KEYS = ('base', 'grid')
@@ -173,9 +175,9 @@ def _check_name(name: Any, where: str) -> None:
                      f'"client_lr".')
   if name in RESERVED_FLAGS:
     raise ValueError(f'{where} sets "{name}", which the sweep owns (it '
-                     f'chooses each run\'s --workdir and --num_seeds, and '
+                     f'chooses each run\'s workdir and num_seeds, and '
                      f'keeps one directory per configuration); drop it: give '
-                     f'the sweep\'s --workdir, and list values in the grid.')
+                     f'the sweep\'s workdir, and list values in the grid.')
 
 
 def _check_value(name: str, value: Any, where: str) -> None:
@@ -321,10 +323,11 @@ def task_units(units: Sequence[Unit], task_index: int,
     ValueError: num_tasks < 1 or task_index out of range.
   """
   if num_tasks < 1:
-    raise ValueError(f'--num_tasks is {num_tasks}; it must be at least 1.')
+    raise SettingError('num_tasks', 'num_tasks must be at least 1, got '
+                       f'{num_tasks}.')
   if not 0 <= task_index < num_tasks:
-    raise ValueError(f'--task_index is {task_index}; it must be in '
-                     f'[0, {num_tasks}) for --num_tasks={num_tasks}.')
+    raise SettingError('task_index', f'task_index must be in [0, {num_tasks}) '
+                       f'for num_tasks={num_tasks}, got {task_index}.')
   return [u for i, u in enumerate(units) if i % num_tasks == task_index]
 
 

@@ -25,6 +25,7 @@ import optax
 from fedjax_core import optimizers
 from fedjax_core import server_model
 from fedjax_core.algorithm import Algorithm, ClientOutput
+from fedjax_core.errors import SettingError
 from fedjax_core.sharpness import GradFn
 
 PyTree = Any
@@ -54,14 +55,14 @@ class LocalSGD:
   def __post_init__(self):
     optimizers.check_learning_rate('client', self.learning_rate)
     if not 0 < self.lr_decay <= 1:
-      raise ValueError('--client_lr_decay must be in (0, 1], got '
-                       f'{self.lr_decay!r}.')
+      raise SettingError('client_lr_decay', 'client_lr_decay must be in '
+                         f'(0, 1], got {self.lr_decay!r}.')
     if not self.weight_decay >= 0:
-      raise ValueError('--weight_decay must be >= 0, got '
-                       f'{self.weight_decay!r}.')
+      raise SettingError('weight_decay', 'weight_decay must be >= 0, got '
+                         f'{self.weight_decay!r}.')
     if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-      raise ValueError('--max_grad_norm must be positive (or unset), got '
-                       f'{self.max_grad_norm!r}.')
+      raise SettingError('max_grad_norm', 'max_grad_norm must be positive '
+                         f'(or None), got {self.max_grad_norm!r}.')
 
   def learning_rate_at(self, round_num: jax.Array) -> jax.Array:
     """`lr * lr_decay ** round_num` as a float32 scalar."""

@@ -13,15 +13,13 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from fedjax_core import streams
 from fedjax_core.algorithm import (Algorithm, Batch, ClientInfo,
                                    ClientOutput, Frozen)
 from fedjax_core.data import as_float
 
 PyTree = Any
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
-# Augmentation keys come from their own stream, so turning augmentation on
-# leaves the keys the algorithm sees unchanged.
-_AUGMENT_STREAM = 0x617567
 
 
 def _kept_if_empty(count: jax.Array, new: PyTree, old: PyTree) -> PyTree:
@@ -71,7 +69,7 @@ def client_update(algorithm: Algorithm, server_state: PyTree,
     step_indices, step_mask, step_rng = inputs
     x = as_float(train_x[step_indices])
     if augment is not None:
-      x = augment(jax.random.fold_in(step_rng, _AUGMENT_STREAM), x)
+      x = augment(jax.random.fold_in(step_rng, streams.AUGMENT), x)
     y = train_y[step_indices]
     if relabel is not None:
       y = relabel(y)

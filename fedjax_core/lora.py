@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedjax_core.errors import SettingError
+
 PyTree = Any
 Path = tuple[str, ...]
 Adapters = dict[str, PyTree]
@@ -54,15 +56,16 @@ class LoRAConfig:
   def __post_init__(self):
     if isinstance(self.rank, bool) or not isinstance(self.rank, int) or (
         self.rank < 1):
-      raise ValueError(f'--lora_rank must be a positive int, got '
-                       f'{self.rank!r}.')
+      raise SettingError('lora.rank', f'LoRA rank must be a positive int, '
+                         f'got {self.rank!r}.')
     if not (isinstance(self.alpha, (int, float)) and self.alpha > 0):
-      raise ValueError(f'--lora_alpha must be positive, got {self.alpha!r}.')
+      raise SettingError('lora.alpha', f'LoRA alpha must be positive, got '
+                         f'{self.alpha!r}.')
     try:
       re.compile(self.targets)
     except re.error as e:
-      raise ValueError(f'--lora_targets={self.targets!r} is not a regular '
-                       f'expression: {e}.') from None
+      raise SettingError('lora.targets', f'LoRA targets {self.targets!r} is '
+                         f'not a regular expression: {e}.') from None
 
   @property
   def scale(self) -> float:
@@ -88,13 +91,14 @@ def target_paths(params: PyTree, targets: str) -> list[Path]:
   kernels = sorted(p for p in flat if p[-1] == 'kernel')
   chosen = [p for p in kernels if re.search(targets, _name(p))]
   if not chosen:
-    raise ValueError(
-        f'--lora_targets={targets!r} matches no kernel. The kernels are: '
-        f'{", ".join(map(_name, kernels)) or "none"}.')
+    raise SettingError(
+        'lora.targets', f'LoRA targets {targets!r} matches no kernel. The '
+        f'kernels are: {", ".join(map(_name, kernels)) or "none"}.')
   for path in chosen:
     if np.ndim(flat[path]) != 2:
-      raise ValueError(
-          f'--lora_targets={targets!r} matches {_name(path)} of shape '
+      raise SettingError(
+          'lora.targets',
+          f'LoRA targets {targets!r} matches {_name(path)} of shape '
           f'{np.shape(flat[path])}; LoRA adapts 2-D [in, out] kernels. '
           'Narrow the expression.')
   return chosen
@@ -130,18 +134,11 @@ def kernel_deltas(adapters: Adapters, config: LoRAConfig
 def merge(params: PyTree, adapters: Adapters, config: LoRAConfig) -> PyTree:
   """`params` with every target kernel W replaced by `W + (alpha/r)(BA)^T`.
   """
-  return _shifted(params, kernel_deltas(adapters, config), 1.0)
+  return _shifted(params, kernel_deltas(adapters, config))
 
 
-def unmerge(merged: PyTree, adapters: Adapters,
-            config: LoRAConfig) -> PyTree:
-  """Inverts `merge` (to float rounding): subtracts the adapters' update."""
-  return _shifted(merged, kernel_deltas(adapters, config), -1.0)
-
-
-def _shifted(params: PyTree, deltas: dict[Path, jax.Array],
-             sign: float) -> PyTree:
+def _shifted(params: PyTree, deltas: dict[Path, jax.Array]) -> PyTree:
   flat = dict(_flat(params))
   for path, delta in deltas.items():
-    flat[path] = flat[path] + sign * delta.astype(flat[path].dtype)
+    flat[path] = flat[path] + delta.astype(flat[path].dtype)
   return traverse_util.unflatten_dict(flat)

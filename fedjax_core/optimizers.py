@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from fedjax_core.algorithm import is_traced
+from fedjax_core.errors import SettingError
 
 CLIENT_OPTIMIZERS = ('adam', 'momentum', 'sgd')
 SERVER_OPTIMIZERS = ('adagrad', 'adam', 'momentum', 'sgd', 'yogi')
@@ -79,14 +80,14 @@ def scale_by_fedopt_adaptive(variant: str, b1: float = 0.9, b2: float = 0.99,
 
 
 def check_learning_rate(role: str, learning_rate: float) -> None:
-  """Raises ValueError naming `--{role}_lr` unless it is a positive number
-  (or traced along a run axis: `algorithm.is_traced`)."""
+  """Raises `SettingError` for `{role}_lr` unless `learning_rate` is a
+  positive number (or traced along a run axis: `algorithm.is_traced`)."""
   if is_traced(learning_rate):
     return
   if not (isinstance(learning_rate, (int, float))
           and math.isfinite(learning_rate) and learning_rate > 0):
-    raise ValueError(f'--{role}_lr must be a positive number, got '
-                     f'{learning_rate!r}.')
+    raise SettingError(f'{role}_lr', f'The {role} learning rate {role}_lr '
+                       f'must be a positive number, got {learning_rate!r}.')
 
 
 def _unknown(role: str, name: str, valid: tuple[str, ...]) -> ValueError:

@@ -20,6 +20,8 @@ from jax.experimental import multihost_utils
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from fedjax_core.errors import SettingError
+
 PyTree = Any
 CLIENTS_AXIS = 'clients'
 MODEL_AXIS = 'model'
@@ -63,13 +65,14 @@ def parse_mesh_shape(text: str | None, num_devices: int) -> tuple[int, int]:
   except ValueError:
     sizes = ()
   if len(sizes) not in (1, 2) or min(sizes) < 1:
-    raise ValueError(f'--mesh_shape={text!r} is not "CLIENTS" or '
-                     '"CLIENTS,MODEL" with positive integers, e.g. "8" or '
-                     '"4,2".')
+    raise SettingError('mesh_shape', f'mesh_shape {text!r} is not "CLIENTS" '
+                       'or "CLIENTS,MODEL" with positive integers, e.g. "8" '
+                       'or "4,2".')
   clients, model = sizes if len(sizes) == 2 else (sizes[0], 1)
   if clients * model != num_devices:
-    raise ValueError(
-        f'--mesh_shape={text!r} has {clients * model} devices but JAX has '
+    raise SettingError(
+        'mesh_shape',
+        f'mesh_shape {text!r} has {clients * model} devices but JAX has '
         f'{num_devices}; make the product equal {num_devices}.')
   return clients, model
 

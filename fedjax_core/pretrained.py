@@ -13,6 +13,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from fedjax_core.errors import SettingError
+
 PyTree = Any
 _PARAMS = 'params'
 _INFO = 'base.json'
@@ -42,10 +44,10 @@ def read_info(directory: str) -> dict[str, Any]:
   """
   path = os.path.join(directory, _INFO)
   if not os.path.exists(path):
-    raise ValueError(
-        f'--init_checkpoint={directory} holds no pre-trained base ({_INFO} '
-        'is missing); write one with `python -m scripts.pretrain '
-        f'--workdir=...` and pass its base/ directory.')
+    raise SettingError(
+        'init_checkpoint',
+        f'{directory} holds no pre-trained base ({_INFO} is missing); write '
+        'one with scripts.pretrain and pass its base/ directory.')
   with open(path) as f:
     return json.load(f)
 
@@ -71,11 +73,11 @@ def load_base(directory: str, template: PyTree,
     if key == 'example_shape':
       want, got = list(want), list(got or ())
     if got != want:
-      raise ValueError(
-          f'--init_checkpoint={directory} holds a base for {key}={got}, but '
-          f'this run has {key}={want}; pre-train a base for this run '
-          f'(python -m scripts.pretrain with the same --model and '
-          '--dataset) or change the flags.')
+      raise SettingError(
+          'init_checkpoint',
+          f'{directory} holds a base for {key}={got}, but this run has '
+          f'{key}={want}; pre-train a base for this run (scripts.pretrain '
+          'with the same model and dataset) or change the model or dataset.')
   target = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
   with ocp.StandardCheckpointer() as checkpointer:
     params = checkpointer.restore(

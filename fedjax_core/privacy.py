@@ -16,6 +16,7 @@ import numpy as np
 
 from fedjax_core import dp
 from fedjax_core import privacy_accounting
+from fedjax_core.errors import SettingError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +65,9 @@ class ClientLevelPrivacy:
     sampling = 'poisson' if participation == 'bernoulli' else 'fixed'
     z = settings.noise_multiplier
     if z is None and settings.target_epsilon is None:
-      raise ValueError('DP needs --dp_noise_multiplier or '
-                       '--dp_target_epsilon (to calibrate the noise).')
+      raise SettingError('client_dp.noise_multiplier', 'Client-level DP '
+                         'needs a noise_multiplier or a target_epsilon (to '
+                         'calibrate the noise to); set one.')
     self.accounting = privacy_accounting.ClientLevelAccounting(
         1.0 if z is None else z, num_clients, clients_per_round, sampling,
         settings.delta, settings.accountant)
@@ -88,6 +90,11 @@ class ClientLevelPrivacy:
   def epsilon(self, rounds: int) -> float:
     """Epsilon at the settings' delta after `rounds` rounds."""
     return self.accounting.epsilon(rounds)
+
+  def summary(self, rounds: int) -> dict[str, float]:
+    """The run summary's privacy entries after `rounds` rounds."""
+    return {'epsilon': self.epsilon(rounds), 'dp_delta': self.settings.delta,
+            'dp_noise_multiplier': self.noise_multiplier}
 
   def describe(self, rounds: int) -> str:
     """One line on how the run is accounted: the sampling and its

@@ -34,6 +34,8 @@ from dp_accounting import rdp
 from dp_accounting.pld import privacy_loss_distribution
 from dp_accounting.rdp import rdp_privacy_accountant
 
+from fedjax_core.errors import SettingError
+
 ACCOUNTANTS = ('rdp', 'pld')
 SAMPLINGS = ('fixed', 'poisson')
 MAX_SAMPLE_LEVEL_GROUPS = 64
@@ -158,9 +160,10 @@ def epsilon_curve(event: dp_accounting.DpEvent, accountant: str,
   raise _unknown_accountant(accountant)
 
 
-def _unknown_accountant(name: str) -> ValueError:
-  return ValueError(f'Unknown --dp_accountant {name!r}; valid: '
-                    f'{", ".join(ACCOUNTANTS)}.')
+def _unknown_accountant(name: str, setting: str = 'accountant'
+                        ) -> SettingError:
+  return SettingError(setting, f'Unknown accountant {name!r}; valid: '
+                      f'{", ".join(ACCOUNTANTS)}.')
 
 
 def _fresh_accountant(name: str, neighbors: dp_accounting.NeighboringRelation
@@ -173,10 +176,12 @@ def _fresh_accountant(name: str, neighbors: dp_accounting.NeighboringRelation
   raise _unknown_accountant(name)
 
 
-def _check_delta(delta: float, population: int, what: str) -> None:
+def _check_delta(delta: float, population: int, what: str,
+                 setting: str) -> None:
   if not 0 < delta < 1.0 / population:
-    raise ValueError(
-        f'--dp_delta must be in (0, 1/{what}) = (0, {1.0 / population:g}), '
+    raise SettingError(
+        setting,
+        f'DP delta must be in (0, 1/{what}) = (0, {1.0 / population:g}), '
         f'got {delta!r}: a delta of 1/{what} or more allows releasing one '
         f'{what[:-1]}\'s data outright. Try 1e-5.')
 
@@ -213,16 +218,17 @@ class ClientLevelAccounting:
 
   def __post_init__(self):
     if self.sampling not in SAMPLINGS:
-      raise ValueError(f'Unknown --dp_sampling {self.sampling!r}; valid: '
-                       f'{", ".join(SAMPLINGS)}.')
+      raise SettingError('sampling', f'Unknown sampling {self.sampling!r}; '
+                         f'valid: {", ".join(SAMPLINGS)}.')
     if self.accountant not in ACCOUNTANTS:
-      raise _unknown_accountant(self.accountant)
+      raise _unknown_accountant(self.accountant, 'client_dp.accountant')
     if self.sampling == 'fixed' and self.accountant == 'pld':
-      raise ValueError(
+      raise SettingError(
+          'client_dp.accountant',
           'dp-accounting\'s PLD accountant does not support fixed-size '
-          'sampling without replacement; use --dp_accountant=rdp or '
-          '--dp_sampling=poisson.')
-    _check_delta(self.delta, self.num_clients, 'clients')
+          'sampling without replacement; use accountant \'rdp\' or Poisson '
+          'sampling (participation \'bernoulli\').')
+    _check_delta(self.delta, self.num_clients, 'clients', 'client_dp.delta')
 
   @property
   def neighbors(self) -> dp_accounting.NeighboringRelation:
@@ -271,8 +277,8 @@ class ClientLevelAccounting:
     """The smallest noise multiplier whose `rounds` rounds spend at most
     `target_epsilon` (dp-accounting's `calibrate_dp_mechanism`)."""
     if not target_epsilon > 0:
-      raise ValueError(f'--dp_target_epsilon must be positive, got '
-                       f'{target_epsilon!r}.')
+      raise SettingError('client_dp.target_epsilon', f'DP target_epsilon '
+                         f'must be positive, got {target_epsilon!r}.')
     with self.unconverged:
       return float(dp_accounting.calibrate_dp_mechanism(
           self.new_accountant, lambda z: self.event(rounds, z),
@@ -304,13 +310,15 @@ class SampleLevelAccounting:
       default_factory=Unconverged, compare=False, repr=False)
 
   def __post_init__(self):
-    _check_delta(self.delta, int(np.max(self.client_sizes)), 'examples')
+    _check_delta(self.delta, int(np.max(self.client_sizes)), 'examples',
+                 'sample_dp.delta')
     if len(self._groups()) > MAX_SAMPLE_LEVEL_GROUPS:
-      raise ValueError(
+      raise SettingError(
+          'sample_dp',
           f'Sample-level accounting is per client size, and this population '
           f'has {len(self._groups())} distinct (size, steps) pairs (at most '
           f'{MAX_SAMPLE_LEVEL_GROUPS}). DP-SGD is meant for cross-silo '
-          'runs with few clients; use client-level DP (--dp_clip_norm) for '
+          'runs with few clients; use client-level DP (client_dp) for '
           'large populations.')
 
   def _groups(self) -> set[tuple[int, int]]:

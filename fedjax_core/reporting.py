@@ -24,6 +24,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from fedjax_core.errors import SettingError
+
 METRICS_FILE = 'metrics.jsonl'
 CONFIG_FILE = 'config.json'
 STD_DDOF = 1  # Sample standard deviation over seeds.
@@ -186,9 +188,9 @@ def load_groups(workdir: str) -> list[Group]:
     ValueError: `workdir` does not exist or holds no metrics.jsonl.
   """
   if not os.path.isdir(workdir):
-    raise ValueError(f'--workdir {workdir} does not exist (or is not a '
-                     'directory). Point it at the --workdir of a training '
-                     'run or sweep.')
+    raise SettingError('workdir', f'workdir {workdir} does not exist (or is '
+                       'not a directory). Point it at the workdir of a '
+                       'training run or sweep.')
   paths = find_metrics_files(workdir)
   if not paths:
     raise ValueError(f'No {METRICS_FILE} under {workdir}. {EXPECTED_LAYOUT}')
@@ -319,7 +321,7 @@ def check_evaluated(groups: list[Group], workdir: str) -> None:
   if not has_evaluations(groups):
     raise ValueError(
         f'No run under {workdir} has an evaluated round yet (no record with '
-        'test_accuracy). Train with --eval_every=N (N > 0) to evaluate every '
+        'test_accuracy). Train with eval_every=N (N > 0) to evaluate every '
         'N rounds, or wait for the first evaluation.')
 
 
@@ -497,10 +499,10 @@ def write_tensorboard(groups: list[Group], out_dir: str) -> list[str]:
     ValueError: tensorboardX is not installed.
   """
   try:
-    # Imported here: only --tensorboard needs it.
+    # Imported here: only the TensorBoard export needs it.
     from tensorboardX import SummaryWriter
   except ImportError as e:
-    raise ValueError("--tensorboard needs tensorboardX: pip install "
+    raise ValueError("The TensorBoard export needs tensorboardX: pip install "
                      "'tensorboardX>=2.6'") from e
   run_dirs = []
   for group in groups:

@@ -1,6 +1,14 @@
-"""The compiled federated round: every client's local training, aggregation
-and the server update as one jitted function, traced once per local-step
-bucket.
+"""The compiled federated round: every client's local training, the
+channel's stages and the server update as one jitted function, traced once
+per local-step bucket.
+
+    broadcast stage(server params)         what the clients receive
+    -> map_clients(local training + client stages)
+    -> cohort stages -> reducer -> finishes  one aggregate
+    -> server_update
+
+The round names no mechanism: compression, attacks, DP, secure
+aggregation and robust rules are stages of `fedjax_core.channel`.
 """
 
 import functools
@@ -9,21 +17,14 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedjax_core import aggregation
-from fedjax_core import attacks
-from fedjax_core import downlink as downlink_lib
+from fedjax_core import downlink
 from fedjax_core import local_training
 from fedjax_core import placement
-from fedjax_core import uplink
 from fedjax_core.algorithm import Algorithm, CohortInfo
+from fedjax_core.channel import Chain, Packet, RoundContext
 from fedjax_core.secagg_protocol import SecAggRoundInputs
 
 PyTree = Any
-# Folded into the round key for the aggregation's keys; the clients' keys
-# fold in client ids, which are below 2^31.
-_AGGREGATION_STREAM = 0x7fffffff
-_ATTACK_STREAM = 0x7ffffffe
-_DOWNLINK_STREAM = 0x7ffffffd
 # Client metrics averaged uniformly over the clients whose messages arrived,
 # not weighted by the aggregation weight.
 _PER_CLIENT_METRICS = ('bytes_up',)
@@ -48,43 +49,43 @@ class RoundInputs(NamedTuple):
   is_real: jax.Array
   secagg: SecAggRoundInputs | None = None
 
+  def arrived(self) -> jax.Array:
+    """`[cohort]` bool: the real clients whose messages reach the server."""
+    is_real = self.is_real > 0
+    return is_real if self.secagg is None else is_real & self.secagg.arrived
 
-class CompiledRound:
-  """`(server_state, cohort_state, aggregator_state, train_x, train_y,
-  inputs, round_key) -> (server_state, cohort_state, aggregator_state,
-  metrics)`, jitted with the three states donated.
 
-  `num_traces` counts how often the round was traced: once per local-step
-  bucket a run meets (`SimulationConfig.size_buckets`).
+class ClientState(NamedTuple):
+  """A client's state when the channel has client stages.
 
-  Under an `attack`, a seeded share of each cohort's real clients is
-  Byzantine: label flipping poisons their local batches; the other attacks
-  replace their messages as the server receives them (after any uplink
-  compression) before aggregation. The metric `byzantine_clients` counts
-  them.
-
-  Under a `downlink`, the clients train from the compressed broadcast
-  (`fedjax_core.downlink`), kept in the aggregator state under
-  `downlink.BROADCAST_KEY`; the metric `bytes_down` is its size.
+  Attributes:
+    algorithm: the algorithm's own client state.
+    channel: the client stages' states, in order.
   """
 
-  def __init__(self, algorithm: Algorithm, *, unroll: bool,
+  algorithm: PyTree
+  channel: tuple
+
+
+class CompiledRound:
+  """`(server_state, cohort_state, channel_state, train_x, train_y, inputs,
+  round_key) -> (server_state, cohort_state, channel_state, metrics)`,
+  jitted with the three states donated.
+
+  `num_traces` counts how often the round was traced: once per local-step
+  bucket a run meets (`SimulationConfig.size_buckets`). With client stages,
+  the cohort's state is `ClientState`s; a client whose message did not
+  arrive keeps its old state.
+  """
+
+  def __init__(self, algorithm: Algorithm, channel: Chain, *, unroll: bool,
                skip_empty_steps: bool,
                clients_in_parallel: int | None = None,
                mesh: jax.sharding.Mesh | None = None,
-               augment: local_training.AugmentFn | None = None,
-               aggregator: aggregation.Aggregator | None = None,
-               attack: attacks.Attack | None = None,
-               num_classes: int | None = None,
-               downlink: uplink.Uplink | None = None):
-    if attack is not None and attack.name == 'label_flip' and not num_classes:
-      raise ValueError('Label flipping needs the number of classes.')
+               augment: local_training.AugmentFn | None = None):
     self.num_traces = 0
     self._algorithm = algorithm
-    self._aggregator = aggregator or aggregation.Aggregator(None, None)
-    self._attack = attack
-    self._num_classes = num_classes
-    self._downlink = downlink
+    self._channel = channel
     self._client_update = functools.partial(
         local_training.client_update, algorithm, unroll=unroll,
         skip_empty_steps=skip_empty_steps, augment=augment)
@@ -93,114 +94,98 @@ class CompiledRound:
     self._unroll = unroll
     self._jitted = jax.jit(self.body, donate_argnums=(0, 1, 2))
 
-  def __call__(self, server_state, cohort_state, aggregator_state, train_x,
+  def __call__(self, server_state, cohort_state, channel_state, train_x,
                train_y, inputs: RoundInputs, round_key):
-    return self._jitted(server_state, cohort_state, aggregator_state, train_x,
+    return self._jitted(server_state, cohort_state, channel_state, train_x,
                         train_y, inputs, round_key)
 
-  def body(self, server_state, cohort_state, aggregator_state, train_x,
+  def body(self, server_state, cohort_state, channel_state, train_x,
            train_y, inputs: RoundInputs, round_key):
     """The round as a pure function, not jitted: for callers that
     transform it further (`fedjax_core.VmappedRuns` vmaps it over runs)."""
     self.num_traces += 1
-    attack = self._attack
-    is_real = inputs.is_real > 0
-    byzantine = jnp.zeros(is_real.shape, bool)
-    attack_key = jax.random.fold_in(round_key, _ATTACK_STREAM)
-    if attack is not None:
-      byzantine = attacks.byzantine_mask(
-          jax.random.fold_in(attack_key, 0), is_real, attack.fraction)
-    flips_labels = attack is not None and attack.name == 'label_flip'
-    aggregator_state = dict(aggregator_state)
-    sent_state, down_metrics = server_state, {}
-    if self._downlink is not None:
-      sent_state, broadcast, down_metrics = self._broadcast(
-          server_state, aggregator_state.pop(downlink_lib.BROADCAST_KEY),
-          jax.random.fold_in(round_key, _DOWNLINK_STREAM))
-
-    def one_client(shared, args):
-      sent_state, train_x, train_y, round_key = shared
-      client_state, client_id, indices, mask, poisoned = args
-      rng = jax.random.fold_in(round_key, client_id)
-      relabel = None
-      if flips_labels:
-        relabel = lambda y: jnp.where(
-            poisoned, attacks.flip_labels(y, self._num_classes), y)
-      return self._client_update(sent_state, client_state, indices, mask,
-                                 rng, train_x, train_y, relabel=relabel)
-
+    algorithm, channel = self._algorithm, self._channel
+    ctx = RoundContext(inputs.client_ids, inputs.is_real > 0,
+                       inputs.arrived(), inputs.secagg, round_key)
+    params, channel_state, down_metrics = channel.broadcast(
+        channel_state, algorithm.server_params(server_state), round_key)
+    sent_state = server_state
+    if channel.of_phase('broadcast'):
+      sent_state = downlink.with_params(algorithm, server_state, params)
     outputs, infos, train_metrics = placement.map_clients(
-        one_client,
+        self._one_client,
         (cohort_state, inputs.client_ids, inputs.indices, inputs.mask,
-         byzantine), self._clients_in_parallel, self._mesh, self._unroll,
-        shared=(sent_state, train_x, train_y, round_key))
-    messages = outputs.message
-    if attack is not None and not flips_labels:
-      messages = _attacked(messages, byzantine, is_real,
-                           jax.random.fold_in(attack_key, 1), attack)
-    weights = outputs.weight * inputs.is_real
-    aggregated = self._aggregator(
-        aggregator_state, messages, weights, inputs.client_ids,
-        inputs.is_real, inputs.secagg,
-        jax.random.fold_in(round_key, _AGGREGATION_STREAM))
-    arrived = aggregated.arrived.astype(jnp.float32)
+         channel.client_inputs(ctx)), self._clients_in_parallel, self._mesh,
+        self._unroll, shared=(sent_state, train_x, train_y, round_key))
+    packet, client_state, client_metrics = outputs
+    packets = packet._replace(weight=packet.weight * inputs.is_real)
+    aggregate, channel_state, channel_metrics = channel.aggregate(
+        channel_state, packets, ctx)
+    arrived = aggregate.arrived.astype(jnp.float32)
     cohort_metrics = {}
-    if self._algorithm.cohort_metrics is not None:
-      cohort_metrics = self._algorithm.cohort_metrics(
-          sent_state, messages, weights * arrived)
-    server_state, server_metrics = self._algorithm.server_update(
-        server_state, aggregated.message,
+    if algorithm.cohort_metrics is not None:
+      cohort_metrics = algorithm.cohort_metrics(
+          sent_state, packets.message, packets.weight * arrived)
+    server_state, server_metrics = algorithm.server_update(
+        server_state, aggregate.mean,
         CohortInfo(num_clients=jnp.sum(arrived)))
-    client_state = outputs.client_state
-    if inputs.secagg is not None:
-      # A client whose message never arrived keeps its old state.
-      client_state = jax.tree.map(
-          lambda new, old: jnp.where(
-              aggregated.arrived.reshape((-1,) + (1,) * (new.ndim - 1)), new,
-              old), client_state, cohort_state)
+    client_state = jax.tree.map(  # A client whose message never arrived
+        lambda new, old: jnp.where(  # keeps its old state.
+            aggregate.arrived.reshape((-1,) + (1,) * (new.ndim - 1)), new,
+            old), client_state, cohort_state)
 
     examples = infos.num_examples * inputs.is_real
-    train_means = placement.reduce_weighted_mean(train_metrics, examples)
-    client_metrics = dict(outputs.metrics)
     per_client = {k: client_metrics.pop(k) for k in _PER_CLIENT_METRICS
                   if k in client_metrics}
     metrics = {
-        **{f'train_{k}': v for k, v in train_means.items()},
-        **placement.reduce_weighted_mean(client_metrics, weights * arrived),
+        **{f'train_{k}': v for k, v in placement.reduce_weighted_mean(
+            train_metrics, examples).items()},
+        **placement.reduce_weighted_mean(client_metrics,
+                                         packets.weight * arrived),
         **placement.reduce_weighted_mean(per_client,
                                          inputs.is_real * arrived),
         **server_metrics,
         **cohort_metrics,
-        **aggregated.metrics,
+        **channel_metrics,
+        **down_metrics,
         'num_examples': jnp.sum(examples),
     }
-    if attack is not None:
-      metrics['byzantine_clients'] = jnp.sum(byzantine.astype(jnp.float32))
-    new_aggregator_state = aggregated.state
-    if self._downlink is not None:
-      new_aggregator_state = {**new_aggregator_state,
-                              downlink_lib.BROADCAST_KEY: broadcast}
-    return (server_state, client_state, new_aggregator_state,
-            {**metrics, **down_metrics})
+    return server_state, client_state, channel_state, metrics
 
-  def _broadcast(self, server_state, broadcast, key):
-    """The server state the clients see, their new model, and the
-    broadcast's size."""
-    broadcast, num_bytes = downlink_lib.compress_broadcast(
-        self._algorithm.server_params(server_state), broadcast, key,
-        self._downlink)
-    sent = downlink_lib.with_params(self._algorithm, server_state, broadcast)
-    return sent, broadcast, {'bytes_down': num_bytes}
+  def _one_client(self, shared, args):
+    """One client's local training and client stages: its `Packet`, new
+    state and metrics, its `ClientInfo` and its train metrics."""
+    sent_state, train_x, train_y, round_key = shared
+    client_state, client_id, indices, mask, stage_inputs = args
+    channel = self._channel
+    rng = jax.random.fold_in(round_key, client_id)
+    has_stages = bool(channel.of_phase('client'))
+    inner = client_state.algorithm if has_stages else client_state
+    relabel = None
+    if channel.relabels:
+      relabel = functools.partial(channel.relabel, stage_inputs)
+    output, info, train_metrics = self._client_update(
+        sent_state, inner, indices, mask, rng, train_x, train_y,
+        relabel=relabel)
+    packet = Packet(output.message, output.weight, {})
+    metrics = dict(output.metrics)
+    new_state = output.client_state
+    if has_stages:
+      packet, stage_states, stage_metrics = channel.client(
+          client_state.channel, packet, rng)
+      metrics.update(stage_metrics)
+      new_state = ClientState(new_state, stage_states)
+    return (packet, new_state, metrics), info, train_metrics
 
 
-def _attacked(messages, byzantine, is_real, key, attack):
-  """The cohort's messages with the Byzantine clients' replaced."""
-  flat, unravel = placement.flatten_clients(messages)
-  flat = attacks.apply_model_attack(
-      attack.name, flat, byzantine, is_real, key, scale=attack.scale,
-      stddev=attack.stddev, alie_z=attack.alie_z,
-      ipm_epsilon=attack.ipm_epsilon)
-  return jax.vmap(unravel)(flat)
+def initial_client_state(algorithm: Algorithm, channel: Chain,
+                         params: PyTree, message_template: PyTree) -> PyTree:
+  """One client's initial state: the algorithm's, with the client stages'
+  next to it if the channel has any."""
+  state = algorithm.client_state_init(params)
+  if not channel.of_phase('client'):
+    return state
+  return ClientState(state, channel.client_init(message_template))
 
 
 def message_template(algorithm: Algorithm, server_state, client_state,

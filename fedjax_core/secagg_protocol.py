@@ -19,10 +19,11 @@ from typing import NamedTuple
 import numpy as np
 
 from fedjax_core import shamir
+from fedjax_core import streams
+from fedjax_core.errors import SettingError
 
 P = 2**127 - 1
 G = 3
-_STREAM_TAG = 0x5ec
 
 
 class SecAggRoundInputs(NamedTuple):
@@ -46,7 +47,7 @@ class SecAggRoundInputs(NamedTuple):
   recovered_self_seeds: np.ndarray
 
 
-class SecAggThresholdError(ValueError):
+class SecAggThresholdError(SettingError):
   """Fewer clients survived than the secret-sharing threshold."""
 
 
@@ -81,6 +82,7 @@ def _recover(secret: int, holders: list[int], threshold: int,
   """
   if len(holders) < threshold:
     raise SecAggThresholdError(
+        'secure_aggregation.threshold',
         f'{len(holders)} shares collected, threshold {threshold}.')
   shares = shamir.split(secret, [h + 1 for h in holders], threshold, rng)
   return shamir.reconstruct(shares)
@@ -98,17 +100,18 @@ def check_threshold(participants: int, dropout_fraction: float,
   p = participants
   t = p // 2 + 1 if threshold is None else threshold
   if not 1 <= t <= p:
-    raise ValueError(
-        f'--secagg_threshold must be in [1, {p}] (the participating '
-        f'clients), got {threshold}.')
+    raise SettingError(
+        'secure_aggregation.threshold', f'Secure aggregation threshold must '
+        f'be in [1, {p}] (the participating clients), got {threshold}.')
   survivors = p - round(dropout_fraction * p)
   if survivors < t:
     raise SecAggThresholdError(
+        'secure_aggregation.dropout_fraction',
         f'Secure aggregation cannot unmask: only {survivors} of {p} '
         f'participating clients survive the dropouts, fewer than the '
         f'threshold t = {t} needed to reconstruct the dropped clients\' '
-        f'masks. Lower --secagg_dropout_fraction (now {dropout_fraction}) '
-        f'or --secagg_threshold (now {t}).')
+        f'masks. Lower dropout_fraction (now {dropout_fraction}) or '
+        f'threshold (now {t}).')
   return t
 
 
@@ -159,9 +162,9 @@ def round_setup(seed: int, round_num: int, client_ids: np.ndarray,
     raise ValueError(
         f'participating has shape {part.shape}, expected ({n},).')
   if not 0.0 <= dropout_fraction < 1.0:
-    raise ValueError(
-        f'--secagg_dropout_fraction must be in [0, 1), got '
-        f'{dropout_fraction}.')
+    raise SettingError(
+        'secure_aggregation.dropout_fraction', f'Secure aggregation '
+        f'dropout_fraction must be in [0, 1), got {dropout_fraction}.')
   positions = np.flatnonzero(part)
   p = len(positions)
   if p == 0:
@@ -170,7 +173,7 @@ def round_setup(seed: int, round_num: int, client_ids: np.ndarray,
     raise ValueError('Participating client ids must be distinct.')
   t = check_threshold(p, dropout_fraction, threshold)
 
-  rng = np.random.default_rng((seed, round_num, _STREAM_TAG))
+  rng = np.random.default_rng((seed, round_num, streams.SECAGG_PROTOCOL))
   sk, pk, self_secret = {}, {}, {}
   for u in positions:
     sk[u] = _key_secret(rng)

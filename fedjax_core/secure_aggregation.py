@@ -19,13 +19,13 @@ quantized updates: secure aggregation changes who sees what, never the sum.
 
 PRG keys. A pair's mask is drawn from
 
-  fold_in(fold_in(fold_in(fold_in(fold_in(secagg_key, _PAIR_TAG), lo_id),
+  fold_in(fold_in(fold_in(fold_in(fold_in(secagg_key, streams.SECAGG_PAIR_MASK), lo_id),
           hi_id), seed[0]), seed[1])
 
 with lo_id < hi_id the two global client ids (so both sides derive the same
 key), and a self mask from
 
-  fold_in(fold_in(fold_in(fold_in(secagg_key, _SELF_TAG), id), seed[0]),
+  fold_in(fold_in(fold_in(fold_in(secagg_key, streams.SECAGG_SELF_MASK), id), seed[0]),
           seed[1]).
 
 The tags keep pair and self keys in separate domains. `secagg_key` is the
@@ -45,8 +45,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_PAIR_TAG = 0x9a17
-_SELF_TAG = 0x5e1f
+from fedjax_core import streams
+from fedjax_core.errors import SettingError
+
 # The largest float32 below 2**31, so a clamped float converts to int32.
 _MAX_INT32_FLOAT = 2.0**31 - 128
 
@@ -66,13 +67,15 @@ class SecAggConfig(NamedTuple):
 
 def _check_config(config: SecAggConfig) -> None:
   if not 2 <= config.bits <= 32:
-    raise ValueError(
-        f'--secagg_bits must be in [2, 32] (words are uint32), got '
-        f'{config.bits}.')
+    raise SettingError(
+        'secure_aggregation.bits', f'Secure aggregation bits must be in '
+        f'[2, 32] (words are uint32), got {config.bits}.')
   if not config.clip > 0:
-    raise ValueError(f'--secagg_clip must be positive, got {config.clip}.')
+    raise SettingError('secure_aggregation.clip', f'Secure aggregation clip '
+                       f'must be positive, got {config.clip}.')
   if not config.scale > 0:
-    raise ValueError(f'--secagg_scale must be positive, got {config.scale}.')
+    raise SettingError('secure_aggregation.scale', f'Secure aggregation '
+                       f'scale must be positive, got {config.scale}.')
 
 
 def _word_mask(bits: int) -> int:
@@ -110,12 +113,12 @@ def max_scale(num_clients: int, clip: float, bits: int) -> float:
   limit = 2**(bits - 1) - 1
   bound = num_clients * max(clip, 1.0)
   if bound > limit:
-    raise ValueError(
+    raise SettingError(
+        'secure_aggregation.bits',
         f'No fixed-point scale >= 1 fits {num_clients} clients with '
-        f'--secagg_clip={clip} in --secagg_bits={bits}: {num_clients} * '
-        f'max(clip, 1) = {bound:g} > 2**{bits - 1} - 1 = {limit}. Raise '
-        f'--secagg_bits (up to 32), lower --secagg_clip, or use a smaller '
-        f'cohort.')
+        f'clip={clip} in bits={bits}: {num_clients} * max(clip, 1) = '
+        f'{bound:g} > 2**{bits - 1} - 1 = {limit}. Raise bits (up to 32), '
+        f'lower clip, or use a smaller cohort.')
   # Largest integer k with 2**k <= limit / bound, checked exactly.
   k = int(np.floor(np.log2(limit / bound)))
   while bound * 2.0**(k + 1) <= limit:
@@ -147,13 +150,13 @@ def check_overflow(num_clients: int, config: SecAggConfig) -> None:
   limit = 2**(config.bits - 1) - 1
   bound = num_clients * max(config.clip, 1.0) * config.scale
   if bound > limit:
-    raise ValueError(
+    raise SettingError(
+        'secure_aggregation.scale',
         f'Secure aggregation could overflow: {num_clients} clients * '
-        f'max(--secagg_clip={config.clip}, 1) * --secagg_scale='
-        f'{config.scale} = {bound:g} > 2**{config.bits - 1} - 1 = {limit}, '
-        f'so the modular sum of the cohort could wrap around. Lower '
-        f'--secagg_scale or --secagg_clip, raise --secagg_bits (up to 32), '
-        f'or use a smaller cohort.')
+        f'max(clip={config.clip}, 1) * scale={config.scale} = {bound:g} > '
+        f'2**{config.bits - 1} - 1 = {limit}, so the modular sum of the '
+        f'cohort could wrap around. Lower scale or clip, raise bits (up to '
+        f'32), or use a smaller cohort.')
 
 
 def _magnitude_bound(config: SecAggConfig) -> float:
@@ -215,10 +218,17 @@ def decode(words: jax.Array, config: SecAggConfig) -> jax.Array:
   return signed.astype(jnp.float32) / jnp.float32(config.scale)
 
 
-def clipped_fraction(x: jax.Array, config: SecAggConfig) -> jax.Array:
-  """Fraction of the coordinates of `x` that `encode` clips (|x| > clip)."""
-  x = jnp.asarray(x, jnp.float32)
-  return jnp.mean((jnp.abs(x) > config.clip).astype(jnp.float32))
+def clipped_fraction(x: jax.Array, config: SecAggConfig,
+                     include: jax.Array | None = None) -> jax.Array:
+  """Fraction of the coordinates of `x` that `encode` clips (|x| > clip);
+  of `[n, d]` rows, only of those where `include` ([n]) is nonzero."""
+  clipped = (jnp.abs(jnp.asarray(x, jnp.float32)) > config.clip).astype(
+      jnp.float32)
+  if include is None:
+    return jnp.mean(clipped)
+  rows = jnp.asarray(include).astype(jnp.float32)
+  return jnp.sum(clipped * rows[:, None]) / jnp.maximum(
+      jnp.sum(rows) * x.shape[1], 1)
 
 
 def modular_sum(words: jax.Array, include: jax.Array, bits: int) -> jax.Array:
@@ -286,14 +296,14 @@ def _job_keys(secagg_key, ids, first, second, is_pair, pair_seeds,
               self_seeds):
   """PRG keys of mask jobs, by the module docstring's scheme.
 
-  Pair job (i, j): fold_in over (_PAIR_TAG, lo_id, hi_id, pair_seeds[i, j]);
-  self job (i, i): fold_in over (_SELF_TAG, id_i, self_seeds[i]).
+  Pair job (i, j): fold_in over (streams.SECAGG_PAIR_MASK, lo_id, hi_id, pair_seeds[i, j]);
+  self job (i, i): fold_in over (streams.SECAGG_SELF_MASK, id_i, self_seeds[i]).
   """
   ids = ids.astype(jnp.uint32)
   id_a, id_b = ids[first], ids[second]
   pair = pair_seeds[first, second]
   own = self_seeds[first]
-  tags = jnp.where(is_pair, jnp.uint32(_PAIR_TAG), jnp.uint32(_SELF_TAG))
+  tags = jnp.where(is_pair, jnp.uint32(streams.SECAGG_PAIR_MASK), jnp.uint32(streams.SECAGG_SELF_MASK))
   data = jnp.where(
       is_pair[:, None],
       jnp.stack([tags, jnp.minimum(id_a, id_b), jnp.maximum(id_a, id_b),
@@ -485,12 +495,8 @@ def secure_sum(vectors: jax.Array, client_ids: jax.Array,
   total = unmask(total, client_ids, part, arrived,
                  inputs.recovered_pair_seeds, inputs.recovered_self_seeds,
                  secagg_key, bits)
-  clipped = (jnp.abs(jnp.asarray(vectors, jnp.float32)) > config.clip) & (
-      part[:, None])
-  count = jnp.sum(part) * vectors.shape[1]
-  fraction = jnp.sum(clipped, dtype=jnp.float32) / jnp.maximum(count, 1)
   return decode(total, config), {
-      'secagg_clipped_fraction': fraction.astype(jnp.float32)}
+      'secagg_clipped_fraction': clipped_fraction(vectors, config, part)}
 
 
 def quantized_sum(vectors: jax.Array, arrived: jax.Array,

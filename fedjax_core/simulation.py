@@ -1,16 +1,15 @@
-"""The round loop: the only place that does I/O.
+"""A federated run's rounds.
 
 Each round: sample the cohort (a pure function of seed and round), gather its
-client state, build its padded batches, run the compiled round, scatter the
-new client state, and every few rounds evaluate, log and checkpoint. A run
+client state, build its padded batches, run the compiled round and scatter
+the new client state. The driver (`fedjax_core.driver`) runs the loop around
+the rounds: every few rounds it evaluates, logs and checkpoints, and a run
 given a workdir resumes from its newest readable checkpoint.
 """
 
 import dataclasses
 import functools
-import json
 import math
-import os
 import time
 from typing import Any, NamedTuple
 
@@ -18,25 +17,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tqdm
 
 from fedjax_core import aggregation
 from fedjax_core import attacks
 from fedjax_core import augmentation
 from fedjax_core import batching
 from fedjax_core import downlink
+from fedjax_core import driver
 from fedjax_core import placement
 from fedjax_core import privacy
 from fedjax_core import rounds
+from fedjax_core import rqm as rqm_lib
 from fedjax_core import sampling
 from fedjax_core import secagg_protocol
 from fedjax_core import secure_aggregation
 from fedjax_core import uplink as uplink_lib
 from fedjax_core.algorithm import Algorithm
-from fedjax_core.checkpointing import Checkpointer
+from fedjax_core.channel import assembly
 from fedjax_core.data import FederatedDataset
+from fedjax_core.errors import SettingError
+# TrainingDivergedError, is_due and summarize are importable from here too.
+from fedjax_core.driver import TrainingDivergedError, is_due, summarize
 from fedjax_core.evaluation import Evaluator, LocalEvaluator
-from fedjax_core.metrics_writer import MetricsWriter, read_metrics
 from fedjax_core.state_store import ClientStateStore
 from fedjax_core.state_store import make_store, resolve_state_store
 
@@ -44,15 +46,6 @@ PyTree = Any
 LOOPS = ('auto', 'scan', 'unroll')
 STATE_STORES = ('auto', 'device', 'host', 'sharded')
 PARTICIPATIONS = ('fixed', 'bernoulli')
-
-
-class TrainingDivergedError(FloatingPointError):
-  """The training loss became NaN or infinite in round `round_num` (from 1).
-  """
-
-  def __init__(self, message: str, round_num: int):
-    super().__init__(message)
-    self.round_num = round_num
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +104,9 @@ class SimulationConfig:
       float32. MoNNA's client momentum is added by `robust`.
     downlink: compression of the model broadcast (`fedjax_core.downlink`);
       None broadcasts the float32 model.
+    rqm: randomized quantization of every client's message
+      (`fedjax_core.rqm`, Youn et al. 2023), with its privacy reported as
+      `epsilon`; None: no RQM.
   """
 
   num_rounds: int
@@ -137,10 +133,12 @@ class SimulationConfig:
   attack: attacks.Attack | None = None
   uplink: uplink_lib.Uplink | None = None
   downlink: uplink_lib.Uplink | None = None
+  rqm: rqm_lib.RQMSettings | None = None
 
   def validate(self, num_clients: int | None = None) -> None:
-    """Raises ValueError naming the first bad setting and its fix; checks
-    the cohort against the population only if `num_clients` is given."""
+    """Raises `SettingError` naming the first bad setting and its fix;
+    checks the cohort against the population only if `num_clients` is
+    given."""
     positive = {'num_rounds': self.num_rounds,
                 'clients_per_round': self.clients_per_round,
                 'batch_size': self.batch_size,
@@ -152,28 +150,35 @@ class SimulationConfig:
         positive[name] = getattr(self, name)
     for name, value in positive.items():
       if value < 1:
-        raise ValueError(f'--{name} must be positive, got {value}.')
+        raise SettingError(name, f'{name} must be positive, got {value}.')
     if self.local_epochs is not None and self.local_steps is not None:
-      raise ValueError('Set --local_epochs or --local_steps, not both.')
+      raise SettingError('local_epochs', 'Set local_epochs or local_steps, '
+                         'not both.')
     if num_clients is not None and self.clients_per_round > num_clients:
-      raise ValueError(
-          f'--clients_per_round={self.clients_per_round} exceeds the '
-          f'population of {num_clients} clients; lower it or raise '
-          '--num_clients.')
+      raise SettingError(
+          'clients_per_round',
+          f'clients_per_round={self.clients_per_round} exceeds the '
+          f'population of {num_clients} clients; lower it or use a larger '
+          'population.')
     if self.eval_every < 0:
-      raise ValueError(f'--eval_every must be >= 0, got {self.eval_every}.')
+      raise SettingError('eval_every', 'eval_every must be >= 0 (0 '
+                         'evaluates only after the last round), got '
+                         f'{self.eval_every}.')
     if self.loop not in LOOPS:
-      raise ValueError(f'Unknown --loop {self.loop!r}; valid: '
-                       f'{", ".join(LOOPS)}.')
+      raise SettingError('loop', f'Unknown loop {self.loop!r}; valid: '
+                         f'{", ".join(LOOPS)}.')
     if self.state_store not in STATE_STORES:
-      raise ValueError(f'Unknown --state_store {self.state_store!r}; valid: '
-                       f'{", ".join(STATE_STORES)}.')
+      raise SettingError('state_store', 'Unknown state_store '
+                         f'{self.state_store!r}; valid: '
+                         f'{", ".join(STATE_STORES)}.')
     if self.participation not in PARTICIPATIONS:
-      raise ValueError(f'Unknown --participation {self.participation!r}; '
-                       f'valid: {", ".join(PARTICIPATIONS)}.')
+      raise SettingError('participation', 'Unknown participation '
+                         f'{self.participation!r}; valid: '
+                         f'{", ".join(PARTICIPATIONS)}.')
     if self.clients_in_parallel is not None and self.clients_in_parallel < 1:
-      raise ValueError(f'--clients_in_parallel must be positive, got '
-                       f'{self.clients_in_parallel}.')
+      raise SettingError('clients_in_parallel', 'clients_in_parallel must be '
+                         'positive (or None for auto), got '
+                         f'{self.clients_in_parallel}.')
     if self.robust is not None:
       self.robust.check_cohort(self.clients_per_round)
     if self.secure_aggregation is not None and self.participation == 'fixed':
@@ -181,11 +186,17 @@ class SimulationConfig:
     if self.downlink is not None and self.downlink.momentum is not None:
       raise ValueError('The broadcast has no momentum; build the downlink '
                        'as Uplink(compressor, ...) without momentum.')
-    compressed = self.uplink is not None and self.uplink.compressor != 'none'
-    if compressed and self.secure_aggregation is not None:
-      raise ValueError('--compressor does not combine with '
-                       '--aggregator=secure, which sums dense fixed-point '
-                       'words; drop one of them.')
+    if self.robust is not None and self.secure_aggregation is not None:
+      raise SettingError(
+          'robust', 'A robust rule needs every client\'s message in the '
+          'clear, which secure aggregation hides; drop one of them.')
+    assembly.check_robust_dp(
+        self.robust,
+        None if self.client_dp is None else self.client_dp.clip_norm)
+    if self.rqm is not None and self.client_dp is not None:
+      raise SettingError(
+          'rqm', 'RQM and Gaussian client-level DP each account their own '
+          'privacy; their composition is not accounted here. Drop one.')
 
 
 def resolve_loop(loop: str, clients_in_parallel: int | None, apply_fn,
@@ -198,7 +209,8 @@ def resolve_loop(loop: str, clients_in_parallel: int | None, apply_fn,
   XLA:CPU the same for dense models, which run as fast rolled and compile
   several times faster (BUILD_NOTES.md); but for models with convolutions,
   which XLA:CPU runs about 25x slower inside loops (jax-ml/jax#12868) and
-  several times slower vmapped with per-client weights (see DESIGN.md),
+  several times slower vmapped with per-client weights (8.7 s against
+  1.2 s for a CIFAR CNN's cohort of 10, BUILD_NOTES.md),
   each device trains its clients one at a time, every local step
   unrolled.
   """
@@ -293,31 +305,25 @@ class Simulation:
     # The model broadcast in float32.
     self.bytes_down = 4 * optax.tree.size(
         algorithm.server_params(self.server_state))
-    self._message_template = template
-    self._uplink = self._uplink_settings()
-    one_client = self._with_uplink(algorithm).client_state_init(params)
-    self.store = make_store(
-        resolve_state_store(config.state_store, one_client,
-                            dataset.num_clients, self.mesh),
-        ClientStateStore.replicate(one_client, dataset.num_clients).stacked,
-        dataset.num_clients, self.mesh)
     augment = None
     if config.augment:
       if len(dataset.example_shape) != 3:
-        raise ValueError(
-            f'--augment needs images of shape [height, width, channels]; '
-            f'{dataset.name} has examples of shape {dataset.example_shape}. '
-            'Drop --augment for this dataset.')
+        raise SettingError(
+            'augment', 'augment (random crop and flip) needs images of shape '
+            f'[height, width, channels]; {dataset.name} has examples of '
+            f'shape {dataset.example_shape}. Turn augment off for this '
+            'dataset.')
       augment = functools.partial(augmentation.random_crop_flip,
                                   padding=dataset.example_shape[0] // 8)
     self.privacy = self.sample_privacy = None
-    dp_config = None
     if config.client_dp is not None:
       self.privacy = privacy.ClientLevelPrivacy(
           config.client_dp, num_clients=dataset.num_clients,
           clients_per_round=config.clients_per_round,
           participation=config.participation, num_rounds=config.num_rounds)
-      dp_config = self.privacy.dp_config
+    elif config.rqm is not None:
+      self.privacy = rqm_lib.RQMPrivacy(
+          config.rqm, num_coordinates=self.message_bytes // 4)
     if config.sample_dp is not None:
       self.sample_privacy = privacy.SampleLevelPrivacy(
           config.sample_dp.noise_multiplier, delta=config.sample_dp.delta,
@@ -327,38 +333,44 @@ class Simulation:
     # The round the run ends after: the last, or the last one the privacy
     # budget affords.
     self.final_round = config.num_rounds
-    if self.privacy is not None:
+    if config.client_dp is not None:
       self.final_round = self.privacy.affordable_rounds(config.num_rounds)
       if self.final_round == 0:
-        raise ValueError(
-            f'One round already spends epsilon '
-            f'{self.privacy.epsilon(1):.3g} > --dp_target_epsilon='
-            f'{config.client_dp.target_epsilon:g}; raise the target or '
-            '--dp_noise_multiplier.')
+        raise SettingError(
+            'client_dp.target_epsilon', 'One round already spends epsilon '
+            f'{self.privacy.epsilon(1):.3g} > the target epsilon '
+            f'{config.client_dp.target_epsilon:g}; raise target_epsilon or '
+            'the noise_multiplier.')
     self._secure = None
     if config.secure_aggregation is not None:
       self._secure = config.secure_aggregation.config(self._cohort_capacity())
-    robust = config.robust
-    if robust is not None and robust.rule == 'multi_krum' and (
-        robust.num_selected is None):
-      robust = dataclasses.replace(
-          robust, num_selected=config.clients_per_round
-          - robust.num_byzantine)
-    self._aggregator = aggregation.Aggregator(self._secure, dp_config,
-                                              robust)
+    self.channel = assembly.build_chain(
+        downlink=config.downlink, uplink=config.uplink, attack=config.attack,
+        num_classes=dataset.num_classes, robust=config.robust,
+        clients_per_round=config.clients_per_round,
+        client_dp=None if config.client_dp is None else self.privacy,
+        secure=self._secure, rqm=config.rqm,
+        rqm_privacy=self.privacy if config.rqm is not None else None)
+    one_client = rounds.initial_client_state(algorithm, self.channel, params,
+                                             template)
+    self.store = make_store(
+        resolve_state_store(config.state_store, one_client,
+                            dataset.num_clients, self.mesh),
+        ClientStateStore.replicate(one_client, dataset.num_clients).stacked,
+        dataset.num_clients, self.mesh)
     # A client's upload without compression: the float32 message, or under
     # secure aggregation its masked words with the weight's (and adaptive
     # clipping's flag's) word.
     self._plain_bytes_up = self.message_bytes
     if self._secure is not None:
-      adaptive = dp_config is not None and dp_config.adaptive
-      words = self.message_bytes // 4 + 1 + int(adaptive)
-      self._plain_bytes_up = math.ceil(words * self._secure.bits / 8)
-    aggregator_state = self._aggregator.init_state(template)
-    if config.downlink is not None:  # Clients start from the initial model.
-      aggregator_state[downlink.BROADCAST_KEY] = jax.tree.map(
-          jnp.copy, algorithm.server_params(self.server_state))
-    self.aggregator_state = placement.put(aggregator_state, replicated)
+      adaptive = config.client_dp is not None and (
+          self.privacy.dp_config.adaptive)
+      self._secagg_words = self.message_bytes // 4 + 1 + int(adaptive)
+      self._plain_bytes_up = math.ceil(
+          self._secagg_words * self._secure.bits / 8)
+    self.aggregator_state = placement.put(
+        self.channel.init(template, algorithm.server_params(
+            self.server_state)), replicated)
     self._augment = augment
     self.round_fn = self.compiled_round(algorithm)
     self._evaluator = Evaluator(model.apply, dataset.test_x, dataset.test_y,
@@ -377,41 +389,22 @@ class Simulation:
     algorithm with other hyperparameters, as `VmappedRuns` builds it)."""
     config = self.config
     return rounds.CompiledRound(
-        self._with_uplink(algorithm), unroll=self.loop == 'unroll',
+        algorithm, self.channel, unroll=self.loop == 'unroll',
         skip_empty_steps=config.local_steps is None,
         clients_in_parallel=self.clients_in_parallel, mesh=self.mesh,
-        augment=self._augment,
-        aggregator=self._aggregator, attack=config.attack,
-        num_classes=self.dataset.num_classes, downlink=config.downlink)
+        augment=self._augment)
 
-  def _with_uplink(self, algorithm: Algorithm) -> Algorithm:
-    """`algorithm` sending through this run's uplink, if it has one."""
-    if self._uplink is None:
-      return algorithm
-    return uplink_lib.with_uplink(algorithm, self._uplink,
-                                  self._message_template)
-
-  def _uplink_settings(self) -> uplink_lib.Uplink | None:
-    """The uplink the clients send through: the configured compression,
-    plus MoNNA's client momentum; None when messages go as they are."""
-    settings = self.config.uplink
-    robust = self.config.robust
-    if robust is not None and robust.rule == 'monna':
-      settings = dataclasses.replace(settings or uplink_lib.Uplink(),
-                                     momentum=robust.momentum)
-    if settings is None or (settings.compressor == 'none'
-                            and settings.momentum is None):
-      return None
-    return settings
-
-  def evaluate(self) -> dict[str, float]:
-    """Metrics of the current global model on held-out data.
+  def evaluate(self, server_state: PyTree = None) -> dict[str, float]:
+    """Metrics of the global model in `server_state` (default: this run's)
+    on held-out data.
 
     `test_loss` and `test_accuracy` on the test split and, where clients
     hold out local test rows, the mean and 10th percentile over clients of
     the accuracy on their own rows.
     """
-    params = self._algorithm.evaluated_params(self.server_state)
+    if server_state is None:
+      server_state = self.server_state
+    params = self._algorithm.evaluated_params(server_state)
     if jax.process_count() > 1:  # Each process evaluates on its own device.
       params = placement.to_host(params)
     test = self._evaluator(params)
@@ -512,8 +505,8 @@ class Simulation:
                          secagg_setup_s)
 
   def epsilon_after(self, round_num: int) -> float | None:
-    """The client-level DP epsilon spent once round `round_num` (from 0)
-    is done; None without client-level DP."""
+    """The epsilon spent once round `round_num` (from 0) is done; None
+    without client-level privacy (Gaussian DP or RQM)."""
     if self.privacy is None:
       return None
     return self.privacy.epsilon(round_num + 1)
@@ -551,166 +544,138 @@ class Simulation:
       record.update(
           secagg_setup_s=prepared.secagg_setup_s,
           secagg_dropped=int(np.sum(inputs.is_real > 0)
-                             - np.sum(inputs.secagg.arrived)))
+                             - np.sum(inputs.secagg.arrived)),
+          secagg_mask_words=secure_aggregation.mask_words(
+              int(np.sum(inputs.is_real > 0)),
+              int(np.sum(inputs.arrived())), self._secagg_words))
     if epsilon is not None:
       record['epsilon'] = epsilon
     return record
 
-  def evaluation_due(self) -> bool:
-    """Whether the round just run is evaluated."""
-    return self._due(self.config.eval_every)
-
-  def checkpoint_due(self) -> bool:
-    """Whether the round just run is checkpointed."""
-    return self._due(self.config.checkpoint_every)
-
-  def complete_record(self, record: dict[str, Any]) -> None:
-    """Adds the evaluation (and the sample-level epsilon) to the record of
-    the round just run if one is due, and keeps it in `history`."""
-    if self.evaluation_due():
-      record.update(self.evaluate())
+  def complete_record(self, record: dict[str, Any],
+                      evaluation: dict[str, float] | None = None) -> None:
+    """Keeps the record of the round just run in `history`, adding the
+    `evaluation` of the model after it, if it was evaluated, and then the
+    sample-level epsilon spent so far."""
+    if evaluation is not None:
+      record.update(evaluation)
       if self.sample_privacy is not None:
         record['sample_epsilon'] = self.sample_privacy.epsilon(
             self.completed_rounds)
     self.history.append(record)
 
-  def _due(self, every: int) -> bool:
-    return is_due(self.completed_rounds, self.final_round, every)
+  @property
+  def consistent(self) -> bool:
+    """Whether the server state, client states and round count agree (no
+    round is half done)."""
+    return self._consistent
 
-  def _restore(self, checkpointer: Checkpointer) -> int:
-    """Resumes from the newest readable checkpoint; returns its round, 0
-    if there is none."""
-    restored = checkpointer.restore_latest(
-        self.server_state, self.store.stacked, self.aggregator_state)
-    if restored is None:
-      return 0
-    completed, self.server_state, stacked, self.aggregator_state = restored
-    self.store = make_store(self.store.placement, stacked,
+  def skip_round(self) -> None:
+    """Counts the next round as done without running it: a run of a vmapped
+    group that diverged sits out the group's rounds."""
+    self.completed_rounds += 1
+
+  def checkpoint_state(self) -> tuple[PyTree, PyTree, PyTree]:
+    """The server, client and aggregator states a checkpoint holds."""
+    return self.server_state, self.store.stacked, self.aggregator_state
+
+  def restore(self, completed_rounds: int, server_state: PyTree,
+              client_states: PyTree, aggregator_state: PyTree) -> None:
+    """Continues from a checkpoint's states, saved after `completed_rounds`
+    rounds."""
+    self.server_state = server_state
+    self.aggregator_state = aggregator_state
+    self.restore_clients(completed_rounds, client_states)
+
+  def restore_clients(self, completed_rounds: int,
+                      client_states: PyTree) -> None:
+    """Continues after `completed_rounds` rounds with the population's
+    `client_states` (`[num_clients, ...]` per leaf), kept where the store
+    keeps them; a run of a vmapped group, which holds the server state."""
+    self.store = make_store(self.store.placement, client_states,
                             self.dataset.num_clients, self.mesh)
-    self.completed_rounds = completed
-    return completed
+    self.completed_rounds = completed_rounds
+
+  def keep_clients_on_host(self) -> None:
+    """Moves the population's client state to a host store (numpy), as a
+    vmapped group, which stacks its runs' cohorts on the host, keeps it."""
+    self.store = ClientStateStore(jax.device_get(self.store.stacked),
+                                  self.dataset.num_clients)
 
   def run(self) -> dict[str, Any]:
     """Runs (or resumes) the whole simulation and returns its summary."""
-    workdir = self.config.workdir
-    # Every process checkpoints (orbax writes collectively); only the first
-    # logs.
-    main = placement.is_main_process()
-    checkpointer = writer = None
-    resumed_from = 0
-    if workdir:
-      checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'))
-      resumed_from = self._restore(checkpointer)
-      if main:
-        writer = MetricsWriter(os.path.join(workdir, 'metrics.jsonl'),
-                               self.completed_rounds)
-    saved = self.completed_rounds
-    unwritten = None  # A finished round's record not yet in metrics.jsonl.
-    bar = tqdm.tqdm(total=self.final_round, initial=saved, unit='round',
-                    disable=not (self.config.progress and main),
-                    dynamic_ncols=True)
-    try:
-      while self.completed_rounds < self.final_round:
-        record = unwritten = self.run_round()
-        self.complete_record(record)
-        if writer:
-          writer.write(record)
-        unwritten = None
-        if checkpointer and self.checkpoint_due():
-          checkpointer.save(self.completed_rounds, self.server_state,
-                            self.store.stacked, self.aggregator_state)
-          saved = self.completed_rounds
-        bar.update(1)
-        bar.set_postfix(_postfix(record))
-    except TrainingDivergedError as e:
-      if checkpointer:
-        raise TrainingDivergedError(
-            f'{e} The last good checkpoint (after round {saved}) is in '
-            f'{workdir}.', e.round_num) from None
-      raise
-    except KeyboardInterrupt:
-      if writer and unwritten:
-        writer.write(unwritten)
-      if checkpointer and self._consistent and self.completed_rounds > saved:
-        checkpointer.save(self.completed_rounds, self.server_state,
-                          self.store.stacked, self.aggregator_state)
-        saved = self.completed_rounds
-      if checkpointer:
-        print(f'\nInterrupted; progress up to round {saved} is saved in '
-              f'{workdir}. Re-run with the same --workdir to resume.')
-      raise
-    finally:
-      bar.close()
-      if checkpointer:
-        checkpointer.close()
-      if writer:
-        writer.close()
-    history = self.history
-    if writer:
-      history = read_metrics(os.path.join(workdir, 'metrics.jsonl'))
-    summary = {**summarize(history), **self.privacy_summary()}
-    if resumed_from:
-      summary['resumed_from_round'] = resumed_from
-    if not writer:
-      return summary
-    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-      json.dump(summary, f, indent=2)
-    return summary
-
+    config = self.config
+    summaries = driver.run(
+        _LoneRun(self), workdir=config.workdir,
+        run_workdirs=[config.workdir], eval_every=config.eval_every,
+        checkpoint_every=config.checkpoint_every, progress=config.progress)
+    return summaries[0]
 
   def privacy_summary(self) -> dict[str, Any]:
     """The privacy a client-level DP run spent, and whether its budget cut
     it short."""
     if self.privacy is None:
       return {}
-    summary = {'epsilon': self.privacy.epsilon(self.completed_rounds),
-               'dp_delta': self.privacy.settings.delta,
-               'dp_noise_multiplier': self.privacy.noise_multiplier}
+    summary = self.privacy.summary(self.completed_rounds)
     if self.final_round < self.config.num_rounds:
       summary['stopped_by_privacy_budget'] = (
           f'stopped after round {self.final_round} of '
           f'{self.config.num_rounds}: one more round would spend epsilon '
-          f'{self.privacy.epsilon(self.final_round + 1):.4g} > '
-          f'--dp_target_epsilon={self.privacy.settings.target_epsilon:g}')
+          f'{self.privacy.epsilon(self.final_round + 1):.4g} > the target '
+          f'epsilon {self.privacy.settings.target_epsilon:g}')
     return summary
 
 
-def is_due(completed_rounds: int, final_round: int, every: int) -> bool:
-  """Whether the round that completes `completed_rounds` is evaluated (or
-  checkpointed) when that happens `every` rounds (0: only the last)."""
-  last = completed_rounds == final_round
-  return last or (every > 0 and completed_rounds % every == 0)
+class _LoneRun:
+  """A simulation as the driver's group of one run (`driver.RunGroup`); its
+  divergence stops the loop."""
 
+  def __init__(self, simulation: Simulation):
+    self._sim = simulation
 
-def _postfix(record: dict[str, Any]) -> dict[str, str]:
-  postfix = {'loss': f'{record["train_loss"]:.4f}'}
-  if 'test_accuracy' in record:
-    postfix['test_acc'] = f'{record["test_accuracy"]:.4f}'
-  if 'epsilon' in record:
-    postfix['eps'] = f'{record["epsilon"]:.3g}'
-  return postfix
+  @property
+  def diverged(self) -> dict[int, TrainingDivergedError]:
+    return {}  # A lone run's divergence raises instead.
 
+  @property
+  def completed_rounds(self) -> int:
+    return self._sim.completed_rounds
 
-def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
-  """Final and best test accuracy (and the final per-client accuracy where
-  clients hold out test rows) and the time of a run's rounds: `wall_s` in
-  all, compiles included, and `s_per_round`, the mean of the rounds that
-  compiled nothing (None if every round did)."""
-  evaluated = [r for r in history if 'test_accuracy' in r]
-  steady = [r['wall_s'] for r in history if not r.get('compiled')]
-  summary: dict[str, Any] = {
-      'rounds': history[-1]['round'] if history else 0,
-      'final_train_loss': history[-1]['train_loss'] if history else None,
-      'wall_s': sum(r['wall_s'] for r in history),
-      's_per_round': sum(steady) / len(steady) if steady else None,
-  }
-  if evaluated:
-    best = max(evaluated, key=lambda r: r['test_accuracy'])
-    summary.update(final_test_accuracy=evaluated[-1]['test_accuracy'],
-                   final_test_loss=evaluated[-1]['test_loss'],
-                   best_test_accuracy=best['test_accuracy'],
-                   best_round=best['round'])
-    for key in ('local_test_accuracy_mean', 'local_test_accuracy_p10'):
-      if key in evaluated[-1]:
-        summary[f'final_{key}'] = evaluated[-1][key]
-  return summary
+  @property
+  def final_round(self) -> int:
+    return self._sim.final_round
+
+  @property
+  def consistent(self) -> bool:
+    return self._sim.consistent
+
+  def run_round(self) -> list[dict[str, Any]]:
+    return [self._sim.run_round()]
+
+  def complete_records(self, records: list[dict[str, Any]],
+                       evaluate: bool) -> None:
+    evaluation = self._sim.evaluate() if evaluate else None
+    self._sim.complete_record(records[0], evaluation)
+
+  def checkpoint_state(self) -> tuple[PyTree, PyTree, PyTree]:
+    return self._sim.checkpoint_state()
+
+  def restore(self, *state: Any) -> None:
+    self._sim.restore(*state)
+
+  def stop(self, k: int, error: TrainingDivergedError) -> None:
+    """A lone run that diverged cannot go on: raises `error`."""
+    del k
+    raise error
+
+  def history(self, k: int) -> list[dict[str, Any]]:
+    del k
+    return self._sim.history
+
+  def summary(self, k: int) -> dict[str, Any]:
+    del k
+    return self._sim.privacy_summary()
+
+  def name(self, k: int) -> str:
+    del k
+    return f'seed {self._sim.config.seed}'

@@ -1,7 +1,7 @@
 """Per-client state of the whole population, stacked along a leading
 `[num_clients]` axis, with gather and scatter by client id.
 
-Three placements (`--state_store`):
+Three placements (`SimulationConfig.state_store`):
   host: numpy in host memory; a round copies the cohort's rows to the
     devices and back. Device memory grows with the cohort, not the
     population.

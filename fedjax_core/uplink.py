@@ -1,5 +1,5 @@
 """What a client does to its message before sending it: momentum and
-compression, as a wrapper around any algorithm.
+compression, as client stages of the channel (`fedjax_core.channel`).
 
 - Client momentum, as in MoNNA (Farhadkhani et al., "Robust Collaborative
   Learning with Linear Gradient Overhead", ICML 2023): each client sends
@@ -11,24 +11,24 @@ compression, as a wrapper around any algorithm.
   error-feedback residual per client (Karimireddy et al. 2019); QSGD and
   FedZip do not. The server receives the decoded message.
 
-The momentum and the residual are per-client state: the wrapper extends the
-algorithm's client state, so the state store keeps and checkpoints them like
-any other. `bytes_up` (the encoded message's size, summed over its leaves)
-joins the client's metrics.
+The momentum and the residual are per-client state of their stages, kept
+and checkpointed by the state store next to the algorithm's client state.
+`bytes_up` (the encoded message's size, summed over its leaves) joins the
+client's metrics.
 """
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from fedjax_core import compression
-from fedjax_core.algorithm import Algorithm, ClientOutput
+from fedjax_core import streams
+from fedjax_core.channel.stage import Stage
+from fedjax_core.errors import SettingError
 
 PyTree = Any
-_COMPRESSION_STREAM = 0x636f6d70
-_EMPTY = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,19 +52,23 @@ class Uplink:
 
   def __post_init__(self):
     if self.compressor not in compression.COMPRESSORS:
-      raise ValueError(f'Unknown --compressor {self.compressor!r}; valid: '
-                       f'{", ".join(compression.COMPRESSORS)}.')
+      raise SettingError('uplink.compressor', f'Unknown compressor '
+                         f'{self.compressor!r}; valid: '
+                         f'{", ".join(compression.COMPRESSORS)}.')
     if not 0 < self.fraction <= 1:
-      raise ValueError('--compress_fraction must be in (0, 1], got '
-                       f'{self.fraction!r}.')
+      raise SettingError('uplink.fraction', 'The compressed fraction of '
+                         'each layer\'s coordinates must be in (0, 1], got '
+                         f'{self.fraction!r}.')
     if self.levels < 1:
-      raise ValueError(f'--qsgd_levels must be >= 1, got {self.levels}.')
+      raise SettingError('uplink.levels', 'QSGD\'s quantization levels '
+                         f'must be >= 1, got {self.levels}.')
     if self.num_clusters < 1:
-      raise ValueError('--fedzip_clusters must be >= 1, got '
-                       f'{self.num_clusters}.')
+      raise SettingError('uplink.num_clusters', 'FedZip\'s k-means clusters '
+                         f'per layer must be >= 1, got {self.num_clusters}.')
     if self.momentum is not None and not 0 <= self.momentum < 1:
-      raise ValueError('--monna_momentum must be in [0, 1), got '
-                       f'{self.momentum!r}.')
+      raise SettingError('uplink.momentum', 'The client momentum beta must '
+                         'be in [0, 1) (or None for none), got '
+                         f'{self.momentum!r}.')
 
   @property
   def error_feedback(self) -> bool:
@@ -104,78 +108,50 @@ class Uplink:
             jax.tree.unflatten(treedef, new_residuals), num_bytes)
 
 
-class UplinkClientState(NamedTuple):
-  """A client's state under an uplink.
-
-  Attributes:
-    inner: the algorithm's own client state.
-    residual: error feedback's residual, shaped like the message (or ()).
-    momentum: MoNNA's momentum, shaped like the message (or ()).
-    rounds: rounds this client took part in, int32 (momentum only).
-  """
-
-  inner: PyTree
-  residual: PyTree
-  momentum: PyTree
-  rounds: PyTree
-
-
-def with_uplink(algorithm: Algorithm, uplink: Uplink,
-                message_template: PyTree) -> Algorithm:
-  """`algorithm` with its clients' messages sent through `uplink`.
-
-  Args:
-    algorithm: the algorithm to wrap.
-    uplink: the channel's settings.
-    message_template: a pytree shaped like one client's message (arrays or
-      `jax.ShapeDtypeStruct`s), for the per-client state's shape.
+def momentum_stage(beta: float) -> Stage:
+  """MoNNA's client momentum: each client sends `m_i <- beta m_i + (1 -
+  beta) message_i`; its first round sends the message itself.
 
   Examples:
-    >>> wrapped = with_uplink(fedavg, Uplink('topk', fraction=0.1), template)
+    >>> pipeline = channel.chain(momentum_stage(0.9), channel.mean())
   """
-  zeros = lambda: jax.tree.map(
-      lambda s: jnp.zeros(s.shape, jnp.float32), message_template)
-  use_momentum = uplink.momentum is not None
 
-  def client_state_init(params):
-    return UplinkClientState(
-        inner=algorithm.client_state_init(params),
-        residual=zeros() if uplink.error_feedback else _EMPTY,
-        momentum=zeros() if use_momentum else _EMPTY,
-        rounds=jnp.zeros((), jnp.int32) if use_momentum else _EMPTY)
+  def init(template):
+    return (jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32),
+                         template), jnp.zeros((), jnp.int32))
 
-  def client_init(server_state, client_state, rng):
-    local = algorithm.client_init(server_state, client_state.inner, rng)
-    return local, jax.random.fold_in(rng, _COMPRESSION_STREAM)
+  def apply(state, packet, key):
+    del key
+    momentum, rounds = state
+    first = rounds == 0
+    message = jax.tree.map(
+        lambda m, x: jnp.where(first, x, beta * m + (1 - beta) * x),
+        momentum, packet.message)
+    return packet._replace(message=message), (message, rounds + 1), {}
 
-  def local_step(local, batch, rng):
-    inner, key = local
-    inner, metrics = algorithm.local_step(inner, batch, rng)
-    return (inner, key), metrics
+  return Stage('client momentum', 'client', apply, init=init)
 
-  def client_final(server_state, client_state, local, info):
-    inner, key = local
-    output = algorithm.client_final(server_state, client_state.inner, inner,
-                                    info)
-    message, state = output.message, client_state
-    if use_momentum:
-      beta = uplink.momentum
-      first = state.rounds == 0
-      message = jax.tree.map(
-          lambda m, x: jnp.where(first, x, beta * m + (1 - beta) * x),
-          state.momentum, message)
-      state = state._replace(momentum=message, rounds=state.rounds + 1)
-    if uplink.error_feedback:
-      message, residual, num_bytes = uplink.compress_tree(
-          message, key, state.residual)
-      state = state._replace(residual=residual)
-    else:
-      message, _, num_bytes = uplink.compress_tree(message, key)
-    state = state._replace(inner=output.client_state)
-    return ClientOutput(message=message, weight=output.weight,
-                        client_state=state,
-                        metrics={**output.metrics, 'bytes_up': num_bytes})
 
-  return algorithm._replace(client_state_init=client_state_init,
-                            client_init=client_init, local_step=local_step,
-                            client_final=client_final)
+def compression_stage(settings: Uplink) -> Stage:
+  """The client's message compressed per layer (`Uplink.compress_tree`),
+  with an error-feedback residual per client for top-k and sign; the
+  server receives the decoded message. Adds the metric `bytes_up`.
+
+  Examples:
+    >>> stage = compression_stage(Uplink('topk', fraction=0.1))
+  """
+
+  def init(template):
+    if not settings.error_feedback:
+      return ()
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), template)
+
+  def apply(residual, packet, key):
+    message, new_residual, num_bytes = settings.compress_tree(
+        packet.message, key, residual if settings.error_feedback else None)
+    residual = new_residual if settings.error_feedback else ()
+    return (packet._replace(message=message), residual,
+            {'bytes_up': num_bytes})
+
+  return Stage(f'{settings.compressor} compression', 'client', apply,
+               init=init, stream=streams.COMPRESSION)

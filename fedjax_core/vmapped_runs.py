@@ -8,35 +8,27 @@ inputs, the training data and the PRNG keys. Each run keeps its own
 `Simulation` for the host's work (its sampler, batches, client-state store,
 evaluation and privacy accounting), so run k computes what the single run of
 its seed and hyperparameters computes; only the compiled round is shared.
-One checkpoint holds every run; each run writes its own metrics and summary.
+One checkpoint holds every run; each run writes its own metrics and summary
+(`fedjax_core.driver` runs the loop). A run that diverges stops alone.
 """
 
 import dataclasses
-import json
-import os
-import sys
 import time
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 
+from fedjax_core import driver
 from fedjax_core import placement
 from fedjax_core.algorithm import Algorithm
-from fedjax_core.checkpointing import Checkpointer
-from fedjax_core.metrics_writer import MetricsWriter, read_metrics
+from fedjax_core.driver import TrainingDivergedError
 from fedjax_core.rounds import RoundInputs
 from fedjax_core.simulation import PreparedRound, Simulation
-from fedjax_core.simulation import TrainingDivergedError, is_due, summarize
-from fedjax_core.state_store import ClientStateStore
 
 PyTree = Any
-# The runs of a workdir, checked on resume.
-RUNS_FILE = 'runs.json'
-# In a run's directory once it has diverged: its round and message.
-DIVERGED_FILE = 'diverged.json'
+Record = dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +52,11 @@ class Run:
 def _stack(trees: Sequence[PyTree]) -> PyTree:
   return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
                       *trees)
+
+
+def _run_slice(stacked: PyTree, k: int) -> PyTree:
+  """Run k's tree of `stacked`, a tree stacked on the run axis."""
+  return jax.tree.map(lambda a: a[k], stacked)
 
 
 def _pad_axis(a: np.ndarray, axis: int, size: int, edge: bool) -> np.ndarray:
@@ -117,7 +114,8 @@ def _stacked_data(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, Any]:
 
 
 class VmappedRuns:
-  """Runs `runs` as one compiled program, a leading run axis over them.
+  """Runs `runs` as one compiled program, a leading run axis over them: the
+  driver's group of those runs (`driver.RunGroup`).
 
   Examples:
     >>> sims = [Simulation(algorithm, model, load_dataset('digits', seed=s),
@@ -170,9 +168,8 @@ class VmappedRuns:
     self.num_traces = 0
     self._consistent = True  # server state, stores and round count agree.
     self.diverged: dict[int, TrainingDivergedError] = {}
-    for sim in self._sims:  # The group stacks its runs' stores on the host.
-      sim.store = ClientStateStore(jax.device_get(sim.store.stacked),
-                                   sim.dataset.num_clients)
+    for sim in self._sims:  # The group stacks its runs' cohorts on the host.
+      sim.keep_clients_on_host()
     mesh = first.mesh
     self._replicated = placement.replicated_sharding(mesh)
     self._cohort_sharding = jax.NamedSharding(
@@ -201,6 +198,11 @@ class VmappedRuns:
   def completed_rounds(self) -> int:
     return self._sims[0].completed_rounds
 
+  @property
+  def consistent(self) -> bool:
+    """Whether the server states, stores and round count agree."""
+    return self._consistent
+
   def _one_run(self, hparams, server_state, cohort_state, aggregator_state,
                train_x, train_y, inputs, rounds_key, round_num):
     """One run's round; vmapped over the runs."""
@@ -218,9 +220,10 @@ class VmappedRuns:
                          train_x, train_y, inputs,
                          jax.random.fold_in(rounds_key, round_num))
 
-  def run_round(self) -> list[dict[str, Any] | None]:
-    """Runs the next round of every run; returns each run's record, None
-    for a run that has diverged."""
+  def run_round(self) -> list[driver.Outcome]:
+    """Runs the next round of every run; returns each run's record, the
+    error of a run that diverged in it, or None for a run that diverged
+    before."""
     start = time.perf_counter()
     prepared = [s.prepare_round()._replace(start=start) for s in self._sims]
     inputs, cohort_state = _stacked_round(prepared)
@@ -238,182 +241,96 @@ class VmappedRuns:
     cohort_state = jax.tree.map(np.asarray, jax.device_get(cohort_state))
     self.server_state = server_state
     self.aggregator_state = aggregator_state
-    records = []
-    for k, (sim, p) in enumerate(zip(self._sims, prepared)):
+    outcomes = []
+    for k, p in enumerate(prepared):
       rows = jax.tree.map(lambda a: a[k, :len(p.inputs.client_ids)],
                           cohort_state)
       run_metrics = {name: float(v[k]) for name, v in metrics.items()}
-      records.append(self._finish(k, p, run_metrics, rows, epsilons[k]))
+      outcomes.append(self._finish(k, p, run_metrics, rows, epsilons[k]))
     self._consistent = True
     # Every run's round took the shared round's time (evaluation excluded,
     # as in a single run).
     wall_s = time.perf_counter() - start
-    for record in filter(None, records):
-      record.update(wall_s=wall_s,
-                    examples_per_s=record['num_examples'] / wall_s,
-                    compiled=self.num_traces > traces)
-    if is_due(round_num + 1, self.final_round,
-              self._sims[0].config.eval_every):
-      self._evaluate(records, jax.device_get(server_state))
-    for sim, record in zip(self._sims, records):
-      if record:
-        sim.complete_record(record)
-    return records
+    for record in outcomes:
+      if isinstance(record, dict):
+        record.update(wall_s=wall_s,
+                      examples_per_s=record['num_examples'] / wall_s,
+                      compiled=self.num_traces > traces)
+    return outcomes
 
-  def _finish(self, k, prepared, metrics, rows, epsilon):
-    """Run k's record of the round, or None once it has diverged."""
+  def _finish(self, k: int, prepared: PreparedRound,
+              metrics: dict[str, float], rows: PyTree,
+              epsilon: float | None) -> driver.Outcome:
+    """Run k's outcome of the round (see `run_round`)."""
     sim = self._sims[k]
     if k in self.diverged:
-      sim.completed_rounds += 1
+      sim.skip_round()
       return None
     try:
       return sim.finish_round(prepared, metrics, rows, epsilon)
     except TrainingDivergedError as e:
       self.diverged[k] = e
-      sim.completed_rounds += 1
-      print(f'\n{self._name(k)}: {e}', file=sys.stderr)
-      if self.runs[k].workdir:  # A resumed group must know it too.
-        with open(os.path.join(self.runs[k].workdir, DIVERGED_FILE),
-                  'w') as f:
-          json.dump({'round': e.round_num, 'message': str(e)}, f)
-      return None
+      sim.skip_round()
+      return e
 
-  def _evaluate(self, records, host_state) -> None:
-    """Gives each live run its server state from the runs' stacked one on
-    the host, for `Simulation.complete_record` to evaluate."""
+  def complete_records(self, records: Sequence[Record | None],
+                       evaluate: bool) -> None:
+    """Adds to each live run's record of the round just run its evaluation
+    if `evaluate` (of its server state, from the runs' stacked one on the
+    host), and keeps the records in the runs' histories."""
+    host_state = jax.device_get(self.server_state) if evaluate else None
     for k, (sim, record) in enumerate(zip(self._sims, records)):
-      if record:
-        sim.server_state = jax.tree.map(lambda a: a[k], host_state)
+      if record is None:
+        continue
+      evaluation = None
+      if evaluate:
+        evaluation = sim.evaluate(_run_slice(host_state, k))
+      sim.complete_record(record, evaluation)
 
-  def _name(self, k: int) -> str:
+  def checkpoint_state(self) -> tuple[PyTree, PyTree, PyTree]:
+    """The runs' server, client and aggregator states, stacked on the run
+    axis."""
+    return (self.server_state, _stack([s.store.stacked for s in self._sims]),
+            self.aggregator_state)
+
+  def restore(self, completed_rounds: int, server_state: PyTree,
+              client_states: PyTree, aggregator_state: PyTree) -> None:
+    """Continues every run from a checkpoint's stacked states, saved after
+    `completed_rounds` rounds."""
+    self.server_state = server_state
+    self.aggregator_state = aggregator_state
+    for k, sim in enumerate(self._sims):
+      sim.restore_clients(
+          completed_rounds,
+          jax.tree.map(lambda a: np.array(a[k]), client_states))
+
+  def stop(self, k: int, error: TrainingDivergedError) -> None:
+    """Stops run k, which diverged with `error`."""
+    self.diverged[k] = error
+
+  def history(self, k: int) -> list[Record]:
+    return self._sims[k].history
+
+  def summary(self, k: int) -> dict[str, Any]:
+    """Run k's privacy spent, seed and run-axis hyperparameters."""
+    run = self.runs[k]
+    return {**run.simulation.privacy_summary(),
+            'seed': run.simulation.config.seed, **run.hparams}
+
+  def name(self, k: int) -> str:
     run = self.runs[k]
     parts = [f'{n}={v:g}' for n, v in sorted(run.hparams.items())]
     return ' '.join(parts + [f'seed {run.simulation.config.seed}'])
 
-  def _runs_description(self) -> list[dict[str, Any]]:
-    return [{'seed': run.simulation.config.seed, 'hparams': run.hparams,
-             'workdir': run.workdir} for run in self.runs]
-
-  def _check_workdir(self) -> None:
-    """Writes `runs.json`, or checks that a resumed workdir's matches."""
-    os.makedirs(self._workdir, exist_ok=True)
-    path = os.path.join(self._workdir, RUNS_FILE)
-    runs = self._runs_description()
-    if os.path.exists(path):
-      with open(path) as f:
-        found = json.load(f)
-      if found != runs:
-        raise ValueError(
-            f'{self._workdir} holds other runs ({path}); resume with the '
-            'same --seed, --num_seeds and --vmapped_hparam, or use a new '
-            '--workdir.')
-      return
-    with open(path, 'w') as f:
-      json.dump(runs, f, indent=2)
-
-  def _save(self, checkpointer: Checkpointer) -> None:
-    checkpointer.save(self.completed_rounds, self.server_state,
-                      _stack([s.store.stacked for s in self._sims]),
-                      self.aggregator_state)
-
-  def _restore(self, checkpointer: Checkpointer) -> int:
-    """Resumes every run from the newest readable checkpoint; returns its
-    round, 0 if there is none."""
-    restored = checkpointer.restore_latest(
-        self.server_state, _stack([s.store.stacked for s in self._sims]),
-        self.aggregator_state)
-    if restored is None:
-      return 0
-    completed, self.server_state, stacked, self.aggregator_state = restored
-    for k, sim in enumerate(self._sims):
-      rows = jax.tree.map(lambda a: np.array(a[k]), stacked)
-      sim.store = ClientStateStore(rows, sim.dataset.num_clients)
-      sim.completed_rounds = completed
-      path = os.path.join(self.runs[k].workdir or '', DIVERGED_FILE)
-      if self.runs[k].workdir and os.path.exists(path):
-        with open(path) as f:
-          diverged = json.load(f)
-        if diverged['round'] <= completed:  # Else it diverges again.
-          self.diverged[k] = TrainingDivergedError(diverged['message'],
-                                                   diverged['round'])
-    return completed
-
   def run(self) -> list[dict[str, Any]]:
     """Runs (or resumes) every run; returns their summaries in order. A run
     that diverges stops being trained and reported; the others go on."""
-    checkpointer, writers = None, []
-    resumed_from = 0
-    if self._workdir:
-      self._check_workdir()
-      checkpointer = Checkpointer(os.path.join(self._workdir, 'checkpoints'))
-      resumed_from = self._restore(checkpointer)
-    writers = [MetricsWriter(os.path.join(run.workdir, 'metrics.jsonl'),
-                             self.completed_rounds) if run.workdir else None
-               for run in self.runs]
-    saved = self.completed_rounds
-    unwritten = []
-    bar = tqdm.tqdm(total=self.final_round, initial=saved, unit='round',
-                    disable=not self._progress, dynamic_ncols=True)
-    try:
-      while self.completed_rounds < self.final_round:
-        records = unwritten = self.run_round()
-        for writer, record in zip(writers, records):
-          if writer and record:
-            writer.write(record)
-        unwritten = []
-        if checkpointer and self._sims[0].checkpoint_due():
-          self._save(checkpointer)
-          saved = self.completed_rounds
-        bar.update(1)
-        bar.set_postfix(_postfix(records))
-        if len(self.diverged) == len(self.runs):
-          break
-    except KeyboardInterrupt:
-      for writer, record in zip(writers, unwritten):
-        if writer and record:
-          writer.write(record)
-      if checkpointer and self._consistent and self.completed_rounds > saved:
-        self._save(checkpointer)
-        saved = self.completed_rounds
-      if checkpointer:
-        print(f'\nInterrupted; progress up to round {saved} is saved in '
-              f'{self._workdir}. Re-run with the same --workdir to resume.')
-      raise
-    finally:
-      bar.close()
-      if checkpointer:
-        checkpointer.close()
-      for writer in writers:
-        if writer:
-          writer.close()
-    return [self._summary(k, resumed_from) for k in range(len(self.runs))]
-
-  def _summary(self, k: int, resumed_from: int) -> dict[str, Any]:
-    """Run k's summary, also written to its `summary.json`; it names the
-    checkpoint's round the group resumed from, if it did."""
-    run, sim = self.runs[k], self._sims[k]
-    history = sim.history
-    if run.workdir:
-      history = read_metrics(os.path.join(run.workdir, 'metrics.jsonl'))
-    summary = {**summarize(history), **sim.privacy_summary(),
-               'seed': sim.config.seed, **run.hparams}
-    if k in self.diverged:
-      summary['diverged'] = f'diverged (round {self.diverged[k].round_num})'
-    if resumed_from:
-      summary['resumed_from_round'] = resumed_from
-    if run.workdir:
-      with open(os.path.join(run.workdir, 'summary.json'), 'w') as f:
-        json.dump(summary, f, indent=2)
-    return summary
-
-
-def _postfix(records: list[dict[str, Any] | None]) -> dict[str, str]:
-  """The runs' mean train loss (and test accuracy when evaluated)."""
-  live = [r for r in records if r]
-  if not live:
-    return {}
-  postfix = {'loss': f'{np.mean([r["train_loss"] for r in live]):.4f}'}
-  evaluated = [r['test_accuracy'] for r in live if 'test_accuracy' in r]
-  if evaluated:
-    postfix['test_acc'] = f'{np.mean(evaluated):.4f}'
-  return postfix
+    config = self._sims[0].config
+    return driver.run(
+        self, workdir=self._workdir,
+        run_workdirs=[run.workdir for run in self.runs],
+        eval_every=config.eval_every,
+        checkpoint_every=config.checkpoint_every, progress=self._progress,
+        runs_description=[{'seed': run.simulation.config.seed,
+                           'hparams': run.hparams, 'workdir': run.workdir}
+                          for run in self.runs])

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from fedjax_core import partition as partition_lib
+from fedjax_core.errors import SettingError
 from fedjax_core.data import CentralDataset, FederatedDataset
 from fedjax_core.datasets import text
 from fedjax_core.datasets import tfds_images
@@ -51,8 +52,8 @@ def check_local_test_fraction(fraction: float) -> None:
   """Raises ValueError unless `fraction` of each client's rows can be held
   out as its test split: 0 <= fraction < 1."""
   if not 0 <= fraction < 1:
-    raise ValueError(f'--local_test_fraction must be in [0, 1), got '
-                     f'{fraction}.')
+    raise SettingError('local_test_fraction', 'local_test_fraction must be '
+                       f'in [0, 1), got {fraction}.')
 
 
 def default_partition(name: str) -> str:
@@ -126,9 +127,9 @@ def select_part(central: CentralDataset, part: str) -> CentralDataset:
   if part == 'finetune':
     train_in, test_in = ~train_in, ~test_in
   if not train_in.any():
-    raise ValueError(
-        f"{central.name}: part '{part}' has no training rows (too few "
-        'groups or labels to cut in two); use --data_part=all.')
+    raise SettingError(
+        'part', f"{central.name}: part '{part}' has no training rows (too "
+        "few groups or labels to cut in two); use part 'all'.")
   train_groups, test_groups = (
       None if groups is None else groups[keep]
       for groups, keep in ((central.train_groups, train_in),
@@ -208,8 +209,9 @@ def federate(central: CentralDataset, client_indices, *,
     client_indices, local_test = client_indices.hold_out(local_test_fraction,
                                                          seed)
     if not len(local_test.rows):
-      raise ValueError(
-          f'--local_test_fraction={local_test_fraction} holds out no row: '
+      raise SettingError(
+          'local_test_fraction',
+          f'local_test_fraction={local_test_fraction} holds out no row: '
           'every client is too small. Raise it or use fewer clients.')
   return FederatedDataset(
       name=central.name, train_x=central.train_x, train_y=central.train_y,

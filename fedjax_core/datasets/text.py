@@ -24,6 +24,7 @@ import numpy as np
 
 from fedjax_core.data import CentralDataset
 from fedjax_core.datasets import tfds_images
+from fedjax_core.errors import SettingError
 
 # Ids 1.. of the vocabulary; id 0 is any other character.
 VOCAB = '\n' + ''.join(map(chr, range(32, 127)))
@@ -134,11 +135,12 @@ def load_pydoc_topics(context: int = DEFAULT_CONTEXT,
   try:
     from pydoc_data import topics
   except ImportError as e:
-    raise ValueError(
+    raise SettingError(
+        'dataset',
         "Dataset 'pydoc_topics' needs the module pydoc_data.topics of "
         "Python's standard library, which this Python lacks (some "
-        'distributions strip it). Use --dataset=shakespeare with a TFDS data '
-        'dir holding tiny_shakespeare (--data_dir) instead.') from e
+        "distributions strip it). Use dataset 'shakespeare' with a data_dir "
+        'holding tiny_shakespeare instead.') from e
   if not 0 < test_fraction < 1:
     raise ValueError(f'test_fraction must be in (0, 1), got {test_fraction}.')
   train_parts, test_parts = [], []
@@ -226,7 +228,7 @@ def load_tfds_text(name: str, data_dir: str | None = None,
                      f"{', '.join(TFDS_TEXT_NAMES)}.")
   builder = tfds_images.prepared_builder(
       name, TFDS_TEXT_NAMES[name], data_dir,
-      alternative=', or use --dataset=pydoc_topics, which needs no data')
+      alternative=", or use dataset 'pydoc_topics', which needs no data")
   train_docs, test_docs = (speaker_documents(_read_text(builder, split))
                            for split in _TFDS_SPLITS)
   speakers = sorted(train_docs) + sorted(set(test_docs) - set(train_docs))

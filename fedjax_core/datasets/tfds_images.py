@@ -29,6 +29,7 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from fedjax_core.data import CentralDataset
+from fedjax_core.errors import SettingError
 
 TFDS_NAMES = {
     'mnist': 'mnist',
@@ -47,20 +48,22 @@ _LETTERS = 'emnist_letters'
 _NUM_LETTERS = 26
 
 
-class DatasetNotPreparedError(ValueError):
-  """The dataset is not in the data dir in a format TFDS can random-access."""
+class DatasetNotPreparedError(SettingError):
+  """The dataset is not in the data dir in a format TFDS can random-access
+  (`setting` is 'data_dir')."""
 
 
 def _not_prepared_error(name: str, tfds_name: str, builder, problem: str,
                         alternative: str) -> DatasetNotPreparedError:
   return DatasetNotPreparedError(
+      'data_dir',
       f"Dataset '{name}' (TFDS '{tfds_name}') {problem}. TFDS looked in "
       f'the data dir {builder.data_dir_root} (for {builder.data_dir}; the '
-      'data dir is --data_dir if given, else $TFDS_DATA_DIR, else '
+      'data dir is data_dir if given, else $TFDS_DATA_DIR, else '
       '~/tensorflow_datasets). Nothing can be downloaded here: on a machine '
-      f'with internet run\n  tfds build {tfds_name} --data_dir=DIR '
-      '--file_format=array_record\nthen copy DIR here and pass '
-      f'--data_dir=DIR{alternative}.')
+      f'with internet run `tfds build {tfds_name} --data_dir=DIR '
+      '--file_format=array_record`, then copy DIR here and pass it as '
+      f'data_dir{alternative}.')
 
 
 def prepared_builder(name: str, tfds_name: str, data_dir: str | None,

@@ -19,6 +19,7 @@ from algorithms import build_algorithm
 from fedjax_core import FederatedDataset, Simulation, SimulationConfig
 from fedjax_core import aggregation
 from fedjax_core import attacks
+from fedjax_core import privacy
 from fedjax_core import sampling
 from fedjax_core import uplink
 import tiny_problem as tiny
@@ -219,7 +220,7 @@ def test_topk_error_feedback_through_the_engine():
     x = x + np.mean(sent, axis=0)
     record = sim.run_round()
     np.testing.assert_allclose(_params(sim), x, rtol=1e-5, atol=1e-6)
-  stored = sim.store.stacked.residual['params']['Dense_0']
+  stored = sim.store.stacked.channel[0]['params']['Dense_0']
   np.testing.assert_allclose(stored['kernel'].reshape(NUM_CLIENTS, 6),
                              residual[:, :6], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(stored['bias'], residual[:, 6:], rtol=1e-5,
@@ -278,30 +279,54 @@ def test_compressed_run_resumes_bit_identically(tmp_path):
   assert resumed.completed_rounds == 3
   np.testing.assert_array_equal(_params(resumed), _params(straight))
   np.testing.assert_array_equal(
-      resumed.store.stacked.residual['params']['Dense_0']['kernel'],
-      straight.store.stacked.residual['params']['Dense_0']['kernel'])
+      resumed.store.stacked.channel[0]['params']['Dense_0']['kernel'],
+      straight.store.stacked.channel[0]['params']['Dense_0']['kernel'])
 
 
-@pytest.mark.parametrize('config,message', [
+@pytest.mark.parametrize('config,setting,message', [
     (dict(robust=aggregation.RobustAggregation('krum', num_byzantine=1),
-          clients_per_round=4), 'needs at least 5 clients'),
-    (dict(uplink=uplink.Uplink('qsgd'),
-          secure_aggregation=aggregation.SecureAggregation()),
-     'does not combine'),
+          clients_per_round=4), 'robust.num_byzantine',
+     'needs at least 5 clients a round, got 4'),
+    (dict(robust=aggregation.RobustAggregation('multi_krum', num_byzantine=1,
+                                               num_selected=6)),
+     'robust.num_selected', r'num_selected .* must be in \[1, 5\].*got 6'),
+    (dict(robust=aggregation.RobustAggregation('median'),
+              client_dp=privacy.ClientDPSettings(clip_norm=1.0,
+                                                 noise_multiplier=1.0)),
+     'robust.rule', 'bounded sensitivity'),
     (dict(robust=aggregation.RobustAggregation('median'),
           secure_aggregation=aggregation.SecureAggregation()),
-     'in the clear'),
+     'robust', 'in the clear'),
 ])
-def test_bad_combinations_are_refused_before_running(config, message):
-  with pytest.raises(ValueError, match=message):
+def test_bad_combinations_are_refused_before_running(config, setting,
+                                                     message):
+  with pytest.raises(ValueError, match=message) as error:
     _simulation(**config)
+  assert error.value.setting == setting
 
 
-def test_robust_settings_name_the_bad_value():
-  with pytest.raises(ValueError, match='--cc_radius'):
-    aggregation.RobustAggregation('centered_clip', clip_radius=0.0)
-  with pytest.raises(ValueError, match='add --nnm'):
-    aggregation.RobustAggregation('mean')
-  with pytest.raises(ValueError, match='valid'):
-    dataclasses.replace(aggregation.RobustAggregation('median'),
-                        rule='mode')
+@pytest.mark.parametrize('make,setting,message', [
+    (lambda: aggregation.RobustAggregation('centered_clip', clip_radius=0.0),
+     'robust.clip_radius', 'clip_radius must be positive, got 0.0'),
+    (lambda: aggregation.RobustAggregation('centered_clip', clip_iters=0),
+     'robust.clip_iters', 'clip_iters must be >= 1, got 0'),
+    (lambda: aggregation.RobustAggregation('median', num_byzantine=-1),
+     'robust.num_byzantine', 'num_byzantine .* must be >= 0, got -1'),
+    (lambda: aggregation.RobustAggregation('geometric_median', rfa_iters=0),
+     'robust.rfa_iters', 'rfa_iters must be >= 1, got 0'),
+    (lambda: aggregation.RobustAggregation('mean'), 'robust.nnm',
+     'not a robust rule; turn on nnm'),
+    (lambda: dataclasses.replace(aggregation.RobustAggregation('median'),
+                                 rule='mode'),
+     'robust.rule', "Unknown robust rule 'mode'; valid"),
+    (lambda: aggregation.SecureAggregation(bits=40),
+     'secure_aggregation.bits', r'bits must be in \[2, 32\]'),
+    (lambda: aggregation.SecureAggregation(dropout_fraction=1.0),
+     'secure_aggregation.dropout_fraction',
+     r'dropout_fraction must be in \[0, 1\)'),
+])
+def test_robust_settings_name_the_bad_value(make, setting, message):
+  with pytest.raises(ValueError, match=message) as error:
+    make()
+  assert error.value.setting == setting
+  assert '--' not in str(error.value)

@@ -102,8 +102,10 @@ def test_bad_client_settings_are_errors(kwargs, message):
 
 def test_fedavg_family_takes_any_server_optimizer_only_as_fedavg():
   assert _build('fedavg', server_optimizer='adam') is not None
-  with pytest.raises(ValueError, match='--algorithm=fedavg --server_optim'):
+  with pytest.raises(ValueError, match="use algorithm fedavg with "
+                     "server_optimizer 'sgd'") as error:
     _build('fedadam', server_optimizer='sgd')
+  assert error.value.setting == 'server_optimizer'
   assert _build('fedprox', server_optimizer='adam', server_lr=0.01)
 
 

@@ -1,5 +1,7 @@
-"""The aggregation stage: weighted mean, client-level DP and secure sums,
-against numpy."""
+"""The reducers and client-level DP as channel stages: weighted mean,
+client-level DP, secure sums and robust rules, against numpy."""
+
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +9,7 @@ import numpy as np
 import pytest
 
 from fedjax_core import aggregation
+from fedjax_core import channel
 from fedjax_core import dp
 from fedjax_core import placement
 from fedjax_core import secagg_protocol
@@ -27,17 +30,46 @@ def _flat(tree, i):
   return np.concatenate([np.ravel(tree['w'][i]), np.ravel(tree['b'][i])])
 
 
-def _call(aggregator, messages, weights, secagg=None, state=None):
-  state = aggregator.init_state() if state is None else state
-  return jax.jit(aggregator.__call__)(
-      state, jax.tree.map(jnp.asarray, messages), jnp.asarray(weights), IDS,
-      IS_REAL, secagg, jax.random.key(7))
+class _Out(NamedTuple):
+  message: Any
+  arrived: Any
+  metrics: dict
+  state: Any  # The state of the chain's only stateful stage, if any.
+
+
+def _call(stages, messages, weights, secagg=None, state=None):
+  """`stages` chained, on the cohort's `messages`; `state` is the only
+  stateful stage's."""
+  pipeline = channel.chain(*stages)
+  template = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape[1:], jnp.float32), messages)
+  states = pipeline.init(template, None)
+  if state is not None:
+    states = {key: state for key in states}
+  is_real = IS_REAL > 0
+  arrived = is_real if secagg is None else is_real & secagg.arrived
+  ctx = channel.RoundContext(IDS, is_real, arrived, secagg,
+                             jax.random.key(7))
+  packets = channel.Packet(jax.tree.map(jnp.asarray, messages),
+                           jnp.asarray(weights), {})
+  aggregate, states, metrics = jax.jit(pipeline.aggregate)(states, packets,
+                                                           ctx)
+  only = next(iter(states.values()), None)
+  return _Out(aggregate.mean, aggregate.arrived, metrics, only)
+
+
+def _dp(config):
+  return dp.client_dp_stage(config)
+
+
+def _secure(settings):
+  return aggregation.secure_sum_stage(settings.config(4))
 
 
 def test_plain_aggregation_is_the_weighted_mean_of_real_clients():
   messages = _messages()
   weights = np.array([1.0, 3.0, 2.0, 0.0], np.float32)
-  out = _call(aggregation.Aggregator(None, None), messages, weights)
+  out = _call([aggregation.mean()], messages, weights)
   want = sum(weights[i] * _flat(messages, i) for i in range(3)) / 6
   got = np.concatenate([np.ravel(out.message['w']), out.message['b']])
   np.testing.assert_allclose(got, want, rtol=1e-5)
@@ -48,7 +80,7 @@ def test_dp_sum_is_clipped_uniform_and_over_the_fixed_denominator():
   messages = _messages(scale=2.0)
   config = dp.DPConfig(clip_norm=1.0, noise_multiplier=0.0,
                        expected_clients=5.0)
-  out = _call(aggregation.Aggregator(None, config), messages,
+  out = _call([_dp(config), aggregation.mean()], messages,
               np.array([10.0, 1.0, 1.0, 0.0], np.float32))
   total = 0
   for i in range(3):
@@ -67,7 +99,7 @@ def test_dp_noise_on_the_sum_has_std_z_times_clip():
            'b': np.zeros((4, 10), np.float32)}
   config = dp.DPConfig(clip_norm=0.5, noise_multiplier=1.5,
                        expected_clients=3.0)
-  out = _call(aggregation.Aggregator(None, config), zeros,
+  out = _call([_dp(config), aggregation.mean()], zeros,
               np.ones(4, np.float32))
   values = np.ravel(out.message['w']) * 3.0
   assert values.std() == pytest.approx(1.5 * 0.5, rel=0.01)
@@ -81,7 +113,7 @@ def test_adaptive_clip_moves_toward_the_target_quantile():
   config = dp.DPConfig(clip_norm=100.0, noise_multiplier=0.0,
                        expected_clients=3.0, target_quantile=0.5,
                        clip_learning_rate=0.2, count_stddev=1e-3)
-  aggregator = aggregation.Aggregator(None, config)
+  aggregator = [_dp(config), aggregation.mean()]
   out = _call(aggregator, _messages(), np.ones(4, np.float32))
   assert float(out.metrics['dp_unclipped_fraction']) == pytest.approx(
       1.0, abs=1e-2)
@@ -107,8 +139,8 @@ def test_secure_weighted_mean_matches_the_plain_one_within_quantization(
   messages = _messages(scale=0.1)
   weights = np.array([1.0, 3.0, 2.0, 0.0], np.float32)
   settings = aggregation.SecureAggregation(bits=32, clip=clip)
-  out = _call(aggregation.Aggregator(settings.config(4), None), messages,
-              weights, secagg=_secagg_inputs())
+  out = _call([_secure(settings)], messages, weights,
+              secagg=_secagg_inputs())
   want = sum(weights[i] * _flat(messages, i) for i in range(3)) / 6
   got = np.concatenate([np.ravel(out.message['w']), out.message['b']])
   np.testing.assert_allclose(got, want, atol=1e-6)
@@ -121,8 +153,7 @@ def test_secure_aggregation_with_dropouts_averages_the_survivors():
   arrived = np.asarray(inputs.arrived) & (np.asarray(IS_REAL) > 0)
   assert arrived.sum() == 2  # One of the three real clients dropped.
   settings = aggregation.SecureAggregation(bits=32, clip=2.0)
-  out = _call(aggregation.Aggregator(settings.config(4), None), messages,
-              weights, secagg=inputs)
+  out = _call([_secure(settings)], messages, weights, secagg=inputs)
   survivors = np.flatnonzero(arrived)
   want = sum(weights[i] * _flat(messages, i) for i in survivors)
   want = want / weights[survivors].sum()
@@ -138,9 +169,9 @@ def test_secure_dp_sum_equals_plain_dp_sum_within_quantization():
                        count_stddev=1e-3)
   settings = aggregation.SecureAggregation(bits=32, clip=1.0)
   weights = np.ones(4, np.float32)
-  plain = _call(aggregation.Aggregator(None, config), messages, weights)
-  secure = _call(aggregation.Aggregator(settings.config(4), config),
-                 messages, weights, secagg=_secagg_inputs())
+  plain = _call([_dp(config), aggregation.mean()], messages, weights)
+  secure = _call([_dp(config), _secure(settings)], messages, weights,
+                 secagg=_secagg_inputs())
   for key in ('w', 'b'):
     np.testing.assert_allclose(secure.message[key], plain.message[key],
                                atol=1e-6)
@@ -151,7 +182,7 @@ def test_secure_dp_sum_equals_plain_dp_sum_within_quantization():
 
 def test_secure_aggregation_refuses_a_cohort_that_could_overflow():
   settings = aggregation.SecureAggregation(bits=8, clip=1.0, scale=64.0)
-  with pytest.raises(ValueError, match='secagg'):
+  with pytest.raises(ValueError, match='could overflow'):
     settings.config(4)
 
 
@@ -174,7 +205,7 @@ def test_mixing_then_the_mean_keeps_the_algorithms_weights():
   # weights 1, 1, 4 then tell the weighted mean from the uniform one.
   weights = np.array([1.0, 1.0, 4.0, 0.0], np.float32)
   robust = aggregation.RobustAggregation('mean', num_byzantine=1, nnm=True)
-  out = _call(aggregation.Aggregator(None, None, robust), messages, weights)
+  out = _call([aggregation.robust_stage(robust)], messages, weights)
   mixed = _nearest_mean(np.stack([_flat(messages, i) for i in range(3)]), 1)
   np.testing.assert_allclose(_tree_flat(out.message),
                              (weights[:3, None] * mixed).sum(0) / 6,
@@ -188,15 +219,14 @@ def test_monna_averages_the_messages_nearest_its_previous_aggregate():
   messages = _messages()
   weights = np.array([1.0, 1.0, 4.0, 0.0], np.float32)
   robust = aggregation.RobustAggregation('monna', num_byzantine=1)
-  aggregator = aggregation.Aggregator(None, None, robust)
-  state = aggregator.init_state(jax.tree.map(lambda x: x[0], messages))
+  aggregator = [aggregation.robust_stage(robust)]
+  state = aggregator[0].init(jax.tree.map(lambda x: x[0], messages))
   flat, _ = placement.flatten_clients(jax.tree.map(jnp.asarray, messages))
   vectors = np.stack([_flat(messages, i) for i in range(3)])
   picked = []
-  for center, state_center in ((np.zeros(8), state['center']),
+  for center, state_center in ((np.zeros(8), state),
                                (vectors[2], flat[2])):
-    out = _call(aggregator, messages, weights,
-                state={'center': state_center})
+    out = _call(aggregator, messages, weights, state=state_center)
     nearest = np.argsort(((vectors - center) ** 2).sum(1))[:2]
     picked.append(sorted(nearest))
     np.testing.assert_allclose(_tree_flat(out.message),
@@ -204,14 +234,14 @@ def test_monna_averages_the_messages_nearest_its_previous_aggregate():
                                atol=1e-6)
     next_center, _ = placement.flatten_clients(
         jax.tree.map(lambda x: x[None], out.message))
-    np.testing.assert_array_equal(out.state['center'], next_center[0])
+    np.testing.assert_array_equal(out.state, next_center[0])
   assert picked[0] != picked[1]
 
 
 def test_median_rule_through_the_aggregator_keeps_the_tree():
   messages = _messages()
   robust = aggregation.RobustAggregation('median', num_byzantine=1)
-  out = _call(aggregation.Aggregator(None, None, robust), messages,
+  out = _call([aggregation.robust_stage(robust)], messages,
               np.array([1.0, 1.0, 1.0, 0.0], np.float32))
   want = np.median(np.stack([_flat(messages, i) for i in range(3)]), axis=0)
   np.testing.assert_allclose(_tree_flat(out.message), want, rtol=1e-6)
@@ -222,10 +252,10 @@ def test_centered_clipping_carries_its_center_in_the_state():
   messages = _messages()
   weights = np.array([1.0, 3.0, 2.0, 0.0], np.float32)
   robust = aggregation.RobustAggregation('centered_clip', clip_radius=0.3)
-  aggregator = aggregation.Aggregator(None, None, robust)
+  aggregator = [aggregation.robust_stage(robust)]
   template = jax.tree.map(lambda x: x[0], messages)
-  state = aggregator.init_state(template)
-  np.testing.assert_array_equal(state['center'], np.zeros(8))
+  state = aggregator[0].init(template)
+  np.testing.assert_array_equal(state, np.zeros(8))
   vectors = np.stack([_flat(messages, i) for i in range(3)])
   center = np.zeros(8)
   for _ in range(2):

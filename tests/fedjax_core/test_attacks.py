@@ -233,3 +233,20 @@ def test_round_of_mask_then_attack_in_one_jit():
 def test_unknown_attack_lists_the_known_ones():
   with pytest.raises(ValueError, match=r'sign_flip.*gaussian.*ipm'):
     _attack('krum', _updates())
+
+
+@pytest.mark.parametrize('kwargs, setting, message', [
+    (dict(name='krum'), 'attack.name', "Unknown attack 'krum'; valid: "
+     'sign_flip, gaussian, label_flip, alie, ipm'),
+    (dict(name='sign_flip', fraction=1.0), 'attack.fraction',
+     r'Byzantine fraction .* must be in \[0, 1\), got 1.0'),
+    (dict(name='alie', fraction=0.5), 'attack.alie_z',
+     'Byzantine fraction below 0.5 .* got 0.5; set alie_z'),
+    (dict(name='gaussian', stddev=0.0), 'attack.stddev',
+     'stddev must be positive, got 0.0'),
+])
+def test_bad_attack_settings_name_their_setting(kwargs, setting, message):
+  with pytest.raises(ValueError, match=message) as error:
+    attacks.Attack(**kwargs)
+  assert error.value.setting == setting
+  assert '--' not in str(error.value)

@@ -204,8 +204,9 @@ def test_restore_latest_refuses_another_structure_without_falling_back(
       f'The checkpoint of round 2 in {directory} was written by a run with '
       'a different model or algorithm state (server/params/extra is not in '
       'the checkpoint; server/params/w is float32[3] there, float32[5] '
-      'here; server/step is only in the checkpoint). Use a new --workdir, '
+      'here; server/step is only in the checkpoint). Use a new workdir, '
       f'or delete {directory} to start over.')
+  assert raised.value.setting == 'workdir'
   assert isinstance(raised.value, ValueError)  # The CLI's one-line error.
   assert printed_notes(capsys) == []
   assert sorted(os.listdir(directory)) == ['1', '2']

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fedjax_core import compression as cp
+from fedjax_core import uplink
 
 # Jitted once per shape and setting: eager op-by-op dispatch is slower.
 _topk = jax.jit(cp.topk, static_argnums=1)
@@ -345,3 +346,22 @@ def test_unknown_compressor_lists_the_valid_ones():
 def test_bad_hyperparameters_are_refused(call):
   with pytest.raises(ValueError):
     call()
+
+
+@pytest.mark.parametrize('kwargs, setting, message', [
+    (dict(compressor='gzip'), 'uplink.compressor',
+     "Unknown compressor 'gzip'; valid: none, topk, qsgd, sign, fedzip"),
+    (dict(compressor='topk', fraction=0.0), 'uplink.fraction',
+     r'fraction .* must be in \(0, 1\], got 0.0'),
+    (dict(compressor='qsgd', levels=0), 'uplink.levels',
+     'levels must be >= 1, got 0'),
+    (dict(compressor='fedzip', num_clusters=0), 'uplink.num_clusters',
+     'clusters per layer must be >= 1, got 0'),
+    (dict(momentum=1.0), 'uplink.momentum',
+     r'momentum beta must be in \[0, 1\)'),
+])
+def test_bad_uplink_settings_name_their_setting(kwargs, setting, message):
+  with pytest.raises(ValueError, match=message) as error:
+    uplink.Uplink(**kwargs)
+  assert error.value.setting == setting
+  assert '--' not in str(error.value)

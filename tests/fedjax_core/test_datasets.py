@@ -223,8 +223,9 @@ def test_local_test_split_is_held_out_of_training():
 
 @pytest.mark.parametrize('fraction', [-0.5, 1.0])
 def test_local_test_fraction_is_checked(fraction):
-  with pytest.raises(ValueError, match='--local_test_fraction must be in'):
+  with pytest.raises(ValueError, match='local_test_fraction must be in') as e:
     _digits(local_test_fraction=fraction)
+  assert e.value.setting == 'local_test_fraction'
 
 
 def test_tfds_dataset_through_the_registry(tmp_path):

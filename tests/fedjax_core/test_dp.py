@@ -74,9 +74,10 @@ def test_update_noise_multiplier_of_adaptive_clipping_by_hand():
 
 
 def test_adaptive_clipping_refuses_a_count_noise_that_leaves_no_budget():
-  with pytest.raises(ValueError, match='2 \\* sigma_b > z'):
+  with pytest.raises(ValueError, match='2 \\* sigma_b > z') as error:
     dp.DPConfig(clip_norm=1.0, noise_multiplier=2.0, expected_clients=20,
                 target_quantile=0.5, count_stddev=1.0)
+  assert error.value.setting == 'client_dp.count_stddev'
 
 
 def test_noisy_unclipped_fraction_and_geometric_update_by_hand():
@@ -95,13 +96,20 @@ def test_noisy_unclipped_fraction_and_geometric_update_by_hand():
                                           rel=1e-6)
 
 
-@pytest.mark.parametrize('kwargs, message', [
-    (dict(clip_norm=0.0), 'dp_clip_norm'),
-    (dict(noise_multiplier=-1.0), 'dp_noise_multiplier'),
-    (dict(target_quantile=1.5), 'dp_target_quantile'),
+@pytest.mark.parametrize('kwargs, setting, message', [
+    (dict(clip_norm=0.0), 'client_dp.clip_norm',
+     'clip_norm must be positive, got 0.0'),
+    (dict(noise_multiplier=-1.0), 'client_dp.noise_multiplier',
+     'noise_multiplier must be >= 0, got -1.0'),
+    (dict(target_quantile=1.5), 'client_dp.target_quantile',
+     r'target_quantile must be in \(0, 1\), got 1.5'),
+    (dict(target_quantile=0.5, clip_learning_rate=0.0),
+     'client_dp.clip_learning_rate', 'clip_learning_rate must be positive'),
 ])
-def test_bad_settings_name_their_flag(kwargs, message):
+def test_bad_settings_name_their_setting(kwargs, setting, message):
   settings = dict(clip_norm=1.0, noise_multiplier=1.0, expected_clients=10)
   settings.update(kwargs)
-  with pytest.raises(ValueError, match=message):
+  with pytest.raises(ValueError, match=message) as error:
     dp.DPConfig(**settings)
+  assert error.value.setting == setting
+  assert '--' not in str(error.value)

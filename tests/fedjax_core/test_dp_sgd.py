@@ -72,7 +72,10 @@ def test_noise_has_std_z_c_over_b():
 
 
 def test_bad_dp_sgd_settings_name_their_flag():
-  with pytest.raises(ValueError, match='dp_sgd_clip_norm'):
+  with pytest.raises(ValueError, match='DP-SGD clip_norm must be') as error:
     dp_sgd.DPSGDConfig(0.0, 1.0)
-  with pytest.raises(ValueError, match='dp_sgd_noise_multiplier'):
+  assert error.value.setting == 'dp_sgd.clip_norm'
+  with pytest.raises(ValueError,
+                     match='DP-SGD noise_multiplier must be') as error:
     dp_sgd.DPSGDConfig(1.0, -0.5)
+  assert error.value.setting == 'dp_sgd.noise_multiplier'

@@ -125,8 +125,11 @@ def test_unknown_optimizer_names_list_the_valid_ones(factory, name, valid):
                                 '0.1'])
 def test_bad_learning_rates_are_rejected(factory, role, lr):
   """Zero, negative, NaN, infinite or non-numeric learning rates raise."""
-  with pytest.raises(ValueError, match=f'--{role}_lr must be a positive'):
+  with pytest.raises(ValueError,
+                     match=f'{role} learning rate {role}_lr must be a '
+                     'positive number') as error:
     factory('sgd', lr)
+  assert error.value.setting == f'{role}_lr'
 
 
 def test_unknown_adaptive_variant_is_rejected():

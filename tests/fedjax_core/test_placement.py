@@ -112,6 +112,7 @@ _SHARDED = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_sharded_round_trip_on_eight_host_devices():
   """On an 8-device mesh a cohort is sharded one client per device and the
   jitted map + weighted mean still matches numpy."""

@@ -83,18 +83,22 @@ def test_calibration_spends_the_target_and_no_less_noise_would_do():
   assert _direct_poisson(0.1, z * 0.99, 30, 1e-5) > 3.0
 
 
-@pytest.mark.parametrize('kwargs, message', [
-    (dict(delta=0.5), 'dp_delta'),
-    (dict(sampling='stratified'), 'dp_sampling'),
-    (dict(accountant='moments'), 'dp_accountant'),
-    (dict(sampling='fixed', accountant='pld'), 'PLD'),
+@pytest.mark.parametrize('kwargs, message, setting', [
+    (dict(delta=0.5), r'DP delta must be in \(0, 1/clients\)',
+     'client_dp.delta'),
+    (dict(sampling='stratified'), "Unknown sampling 'stratified'", 'sampling'),
+    (dict(accountant='moments'), "Unknown accountant 'moments'",
+     'client_dp.accountant'),
+    (dict(sampling='fixed', accountant='pld'), 'PLD',
+     'client_dp.accountant'),
 ])
-def test_bad_accounting_settings_are_named(kwargs, message):
+def test_bad_accounting_settings_are_named(kwargs, message, setting):
   settings = dict(noise_multiplier=1.0, num_clients=100, clients_per_round=10,
                   sampling='poisson', delta=1e-5)
   settings.update(kwargs)
-  with pytest.raises(ValueError, match=message):
+  with pytest.raises(ValueError, match=message) as error:
     privacy_accounting.ClientLevelAccounting(**settings)
+  assert error.value.setting == setting
 
 
 def test_sample_level_epsilon_is_the_most_exposed_clients():
@@ -130,10 +134,12 @@ def test_affordable_rounds_is_the_last_round_within_the_target():
 
 
 def test_privacy_without_noise_or_target_is_refused():
-  with pytest.raises(ValueError, match='dp_noise_multiplier or'):
+  with pytest.raises(ValueError, match='needs a noise_multiplier or a '
+                     'target_epsilon') as error:
     privacy.ClientLevelPrivacy(privacy.ClientDPSettings(clip_norm=1.0),
                                num_clients=100, clients_per_round=10,
                                participation='fixed', num_rounds=5)
+  assert error.value.setting == 'client_dp.noise_multiplier'
 
 
 def _poisson(q, z, sampling='poisson', accountant='rdp', **kwargs):

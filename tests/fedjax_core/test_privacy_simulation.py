@@ -12,6 +12,7 @@ import algorithms
 from fedjax_core import Simulation, SimulationConfig
 from fedjax_core import aggregation
 from fedjax_core import privacy
+from fedjax_core import rqm
 from fedjax_core import secagg_protocol
 from fedjax_core.datasets import load_dataset
 import models
@@ -102,8 +103,9 @@ def test_adaptive_clip_resumes_bit_identically(dataset, tmp_path):
       ravel_pytree(straight.server_state.params)[0])
   clips = [r['dp_clip_norm'] for r in straight.history]
   assert len(set(clips)) == 4  # The clip moved every round.
-  assert float(resumed.aggregator_state['clip_norm']) == float(
-      straight.aggregator_state['clip_norm'])
+  (resumed_dp,) = resumed.aggregator_state.values()  # The DP stage's.
+  (straight_dp,) = straight.aggregator_state.values()
+  assert float(resumed_dp['clip_norm']) == float(straight_dp['clip_norm'])
 
 
 def test_secure_aggregation_trains_as_the_plain_mean_does(dataset):
@@ -142,6 +144,36 @@ def test_too_many_dropouts_is_an_error_not_a_wrong_model(dataset):
   refused when the run is built, before any round (a Bernoulli cohort's
   size is known only in its round: `round_setup` refuses it there)."""
   with pytest.raises(secagg_protocol.SecAggThresholdError,
-                     match='secagg_dropout_fraction'):
+                     match='Lower dropout_fraction') as error:
     _simulation(dataset, secure_aggregation=(
         aggregation.SecureAggregation(dropout_fraction=0.5, threshold=3)))
+  assert error.value.setting == 'secure_aggregation.dropout_fraction'
+
+
+def test_rqm_run_reports_its_epsilon_alone_and_under_secure_aggregation(
+    dataset):
+  """RQM as a client stage: every round's epsilon is the RDP of that many
+  quantized messages (d coordinates each), with or without secure
+  aggregation; the two runs quantize the same messages, so their models
+  agree within secure aggregation's fixed point."""
+  settings = rqm.RQMSettings(clip=0.05, num_levels=8, keep_probability=0.5,
+                             extension=0.05, delta=1e-5)
+  plain = _simulation(dataset, rqm=settings, num_rounds=2)
+  summary = plain.run()
+  d = plain.message_bytes // 4
+  for record in plain.history:
+    want, _ = rqm.rqm_epsilon(num_compositions=record['round'],
+                              target_delta=1e-5, num_coordinates=d,
+                              **settings.mechanism())
+    assert record['epsilon'] == pytest.approx(want, rel=1e-9)
+  assert summary['epsilon'] == plain.history[-1]['epsilon']
+  assert summary['privacy_mechanism'] == 'rqm'
+  secure = _simulation(dataset, rqm=settings, num_rounds=2,
+                       secure_aggregation=aggregation.SecureAggregation(
+                           clip=0.2))
+  secure.run()
+  assert [r['epsilon'] for r in secure.history] == [
+      r['epsilon'] for r in plain.history]
+  np.testing.assert_allclose(ravel_pytree(secure.server_state.params)[0],
+                             ravel_pytree(plain.server_state.params)[0],
+                             atol=1e-5)

@@ -147,7 +147,7 @@ def test_no_evaluated_round_is_an_error_that_names_eval_every(tmp_path):
   _write_run(str(tmp_path / 'seed_0'), [{'round': 1, 'train_loss': 1.0,
                                          'wall_s': 1.0}])
   groups = reporting.load_groups(str(tmp_path))
-  with pytest.raises(ValueError, match='--eval_every'):
+  with pytest.raises(ValueError, match=r'Train with eval_every=N \(N > 0\)'):
     reporting.check_evaluated(groups, str(tmp_path))
 
 

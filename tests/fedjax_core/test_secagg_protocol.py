@@ -107,9 +107,11 @@ def test_deterministic_in_seed_and_round():
 def test_too_many_dropouts_raise_the_threshold_error():
   """5 of 7 arrive (0.3 dropped): threshold 6 cannot be met."""
   with pytest.raises(secagg_protocol.SecAggThresholdError,
-                     match=r'only 5 of 7 .* threshold t = 6.*'
-                     r'--secagg_dropout_fraction.*--secagg_threshold'):
+                     match=r'only 5 of 7 .* threshold t = 6.*Lower '
+                     r'dropout_fraction \(now 0.3\) or threshold \(now 6\)'
+                     ) as error:
     _setup(threshold=6)
+  assert error.value.setting == 'secure_aggregation.dropout_fraction'
   assert _setup(threshold=5).arrived.sum() == 5
   # Default threshold 7 // 2 + 1 = 4: 0.5 leaves 3 survivors, too few.
   with pytest.raises(secagg_protocol.SecAggThresholdError,
@@ -119,16 +121,19 @@ def test_too_many_dropouts_raise_the_threshold_error():
 
 
 @pytest.mark.parametrize('kwargs, match', [
-    ({'threshold': 0}, '--secagg_threshold'),
-    ({'threshold': 8}, '--secagg_threshold'),
-    ({'dropout_fraction': 1.0}, '--secagg_dropout_fraction'),
-    ({'dropout_fraction': -0.1}, '--secagg_dropout_fraction'),
+    ({'threshold': 0}, r'threshold must be in \[1, 7\]'),
+    ({'threshold': 8}, r'threshold must be in \[1, 7\]'),
+    ({'dropout_fraction': 1.0}, r'dropout_fraction must be in \[0, 1\)'),
+    ({'dropout_fraction': -0.1}, r'dropout_fraction must be in \[0, 1\)'),
     ({'part': np.zeros(8, bool)}, 'at least one participant'),
     ({'ids': np.array([1, 1, 2, 3, 4, 5, 6, 7])}, 'distinct'),
 ])
 def test_refuses_bad_arguments(kwargs, match):
-  with pytest.raises(ValueError, match=match):
+  with pytest.raises(ValueError, match=match) as error:
     _setup(**kwargs)
+  if 'threshold' in kwargs or 'dropout_fraction' in kwargs:
+    assert error.value.setting == (
+        f'secure_aggregation.{next(iter(kwargs))}')
 
 
 def test_padding_slots_may_repeat_ids():

@@ -130,8 +130,9 @@ def test_check_overflow_accepts_the_boundary_and_refuses_beyond():
   """3 clients in 8 bits: 3 * 1 * s <= 127 holds up to s = 127 / 3."""
   sa.check_overflow(3, sa.SecAggConfig(bits=8, clip=1.0, scale=127 / 3))
   with pytest.raises(ValueError, match=r'3 clients .* > 2\*\*7 - 1 = 127.*'
-                     r'--secagg_scale or --secagg_clip.*--secagg_bits'):
+                     r'Lower scale or clip, raise bits') as error:
     sa.check_overflow(3, sa.SecAggConfig(bits=8, clip=1.0, scale=42.5))
+  assert error.value.setting == 'secure_aggregation.scale'
   # The weights in [0, 1] bound it when clip < 1.
   sa.check_overflow(3, sa.SecAggConfig(bits=8, clip=0.25, scale=42.0))
   with pytest.raises(ValueError, match='overflow'):
@@ -144,8 +145,9 @@ def test_check_overflow_accepts_the_boundary_and_refuses_beyond():
 
 @pytest.mark.parametrize('bits', [1, 33])
 def test_check_overflow_refuses_bits_out_of_range(bits):
-  with pytest.raises(ValueError, match='--secagg_bits'):
+  with pytest.raises(ValueError, match=r'bits must be in \[2, 32\]') as error:
     sa.check_overflow(1, sa.SecAggConfig(bits=bits, clip=1.0, scale=1.0))
+  assert error.value.setting == 'secure_aggregation.bits'
 
 
 @pytest.mark.parametrize('num_clients, clip, bits, expected', [
@@ -166,9 +168,11 @@ def test_max_scale_passes_check_overflow_and_twice_it_fails(
 
 
 def test_max_scale_refuses_when_no_scale_of_one_fits():
-  with pytest.raises(ValueError, match='--secagg_bits.*--secagg_clip'):
+  with pytest.raises(ValueError, match=r'clip=1.0 in bits=8.*Raise bits .*'
+                     'lower clip') as error:
     sa.max_scale(128, 1.0, 8)
-  with pytest.raises(ValueError, match='--secagg_clip'):
+  assert error.value.setting == 'secure_aggregation.bits'
+  with pytest.raises(ValueError, match='clip=20.0'):
     sa.max_scale(10, 20.0, 8)
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import sharded_runs
 
@@ -14,6 +15,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 
 
+@pytest.mark.slow
 def test_one_and_eight_devices_give_the_same_model(tmp_path):
   """SCAFFOLD, 13 clients, cohorts of 5 (padded to 8 on 8 devices): the
   final server parameters and every client's control variate agree to

@@ -251,20 +251,28 @@ def test_divergence_stops_with_the_round_and_keeps_last_checkpoint(
       bad_round - 1
 
 
-@pytest.mark.parametrize('overrides, message', [
-    (dict(clients_per_round=9), 'exceeds the population of 8'),
-    (dict(batch_size=10_000), 'larger than every client'),
-    (dict(num_rounds=0), 'num_rounds must be positive'),
-    (dict(local_epochs=1, local_steps=5),
-     '--local_epochs or --local_steps, not both'),
-    (dict(loop='fast'), "Unknown --loop 'fast'"),
-    (dict(state_store='disk'), "Unknown --state_store 'disk'"),
-    (dict(clients_in_parallel=0), 'clients_in_parallel must be positive'),
-    (dict(participation='poisson'), "Unknown --participation 'poisson'"),
+@pytest.mark.parametrize('overrides, setting, message', [
+    (dict(clients_per_round=9), 'clients_per_round',
+     'exceeds the population of 8'),
+    (dict(batch_size=10_000), 'batch_size', 'larger than every client'),
+    (dict(num_rounds=0), 'num_rounds', 'num_rounds must be positive'),
+    (dict(local_epochs=1, local_steps=5), 'local_epochs',
+     'local_epochs or local_steps, not both'),
+    (dict(eval_every=-1), 'eval_every', 'eval_every must be >= 0'),
+    (dict(loop='fast'), 'loop', "Unknown loop 'fast'; valid: auto"),
+    (dict(state_store='disk'), 'state_store',
+     "Unknown state_store 'disk'; valid: auto"),
+    (dict(clients_in_parallel=0), 'clients_in_parallel',
+     'clients_in_parallel must be positive'),
+    (dict(participation='poisson'), 'participation',
+     "Unknown participation 'poisson'; valid: fixed, bernoulli"),
 ])
-def test_bad_settings_fail_before_compiling(dataset, overrides, message):
-  with pytest.raises(ValueError, match=message):
+def test_bad_settings_fail_before_compiling(dataset, overrides, setting,
+                                            message):
+  with pytest.raises(ValueError, match=message) as error:
     _simulation(dataset, **overrides)
+  assert error.value.setting == setting
+  assert '--' not in str(error.value)
 
 
 def test_summary_file_is_written(dataset, tmp_path):
@@ -404,7 +412,7 @@ def test_resume_with_another_algorithm_is_refused_and_keeps_the_workdir(
       f'The checkpoint of round 4 in {checkpoints} was written by a run with '
       'a different model or algorithm state (server/opt_state/')
   assert 'is only in the checkpoint' in message
-  assert message.endswith(f'Use a new --workdir, or delete {checkpoints} '
+  assert message.endswith(f'Use a new workdir, or delete {checkpoints} '
                           'to start over.')
   assert checkpoint_damage.printed_notes(capsys) == []
   assert sorted(os.listdir(checkpoints)) == ['2', '4']

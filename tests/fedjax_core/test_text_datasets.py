@@ -116,8 +116,8 @@ def test_pydoc_topics_missing_module(monkeypatch):
   monkeypatch.setitem(sys.modules, 'pydoc_data', None)
   with pytest.raises(ValueError, match='pydoc_data') as error:
     datasets.load_dataset('pydoc_topics')
-  assert '--dataset=shakespeare' in str(error.value)
-  assert '--data_dir' in str(error.value)
+  assert "Use dataset 'shakespeare' with a data_dir" in str(error.value)
+  assert error.value.setting == 'dataset'
 
 
 @pytest.fixture(name='pydoc', scope='module')
@@ -409,7 +409,8 @@ def test_shakespeare_not_prepared(tmp_path):
   assert str(tmp_path) in message
   assert ('tfds build tiny_shakespeare --data_dir=DIR '
           '--file_format=array_record') in message
-  assert '--dataset=pydoc_topics' in message
+  assert "or use dataset 'pydoc_topics'" in message
+  assert error.value.setting == 'data_dir'
 
 
 def test_shakespeare_tfrecord_error(tmp_path):

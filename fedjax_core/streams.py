@@ -1,0 +1,34 @@
+"""PRNG stream tags: the integers folded into a key to derive an
+independent stream for one purpose (DESIGN.md, "Randomness").
+
+Round-level streams are folded into the round key; client ids, folded into
+the same key for the clients' keys, stay below 2^31 - 3, so the round-level
+tags sit just below 2^31. Sub-streams are folded into their stream's key.
+Changing a tag changes every result that draws from it.
+"""
+
+# Folded into the round key (`fold_in(fold_in(root, round), TAG)`).
+AGGREGATION = 0x7fffffff   # the reduction and client-level DP
+ATTACK = 0x7ffffffe        # who is Byzantine, and their messages
+DOWNLINK = 0x7ffffffd      # the broadcast's compression
+
+# Folded into the AGGREGATION key.
+SECURE_SUM = 0             # secure aggregation's masks
+DP_NOISE = 1               # the Gaussian noise on the sum
+DP_COUNT = 2               # adaptive clipping's noisy unclipped count
+
+# Folded into the ATTACK key.
+BYZANTINE_MASK = 0
+MODEL_ATTACK = 1
+
+# Folded into a client's key for the round.
+COMPRESSION = 0x636f6d70   # the uplink compressor's randomness
+RQM = 0x72716d             # randomized quantization of the message
+# Folded into a local step's key.
+AUGMENT = 0x617567
+
+# Host-side numpy streams, `default_rng((seed, round, TAG))`.
+SECAGG_PROTOCOL = 0x5ec    # secure aggregation's pair seeds and dropouts
+# Folded into secure aggregation's key.
+SECAGG_PAIR_MASK = 0x9a17
+SECAGG_SELF_MASK = 0x5e1f
