@@ -1,47 +1,25 @@
-"""Federated algorithms, each built only from fedjax_core pieces."""
+"""Federated algorithms, each built only from fedjax_core pieces.
 
-from algorithms.fedamd import fedamd
-from algorithms.fedavg import fedavg
-from algorithms.fedcm import fedcm
-from algorithms.fedcm import mofedsam
-from algorithms.feddyn import feddyn
-from algorithms.fedlora import fedlora
-from algorithms.fedlora import ffa_lora
-from algorithms.fedprox import fedprox
-from algorithms.fedsam import fedasam
-from algorithms.fedsam import fedsam
-from algorithms.fedsmoo import fedsmoo
-from algorithms.fedspeed import fedspeed
+Every factory is importable from here by its name (`from algorithms import
+fedspeed`); `algorithms.registry.FACTORIES` lists them.
+"""
+
+from algorithms import registry as _registry
 from algorithms.registry import ALGORITHM_NAMES
 from algorithms.registry import LORA_ALGORITHMS
 from algorithms.registry import build_algorithm
 from algorithms.registry import hyperparameters
 from algorithms.registry import hyperparameters_for
 from algorithms.registry import parse_hyperparameters
-from algorithms.scaffold import fedgamma
-from algorithms.scaffold import scaffold
-from algorithms.scaffold import scaffold_m
+
+globals().update(_registry.FACTORIES)
 
 __all__ = (
     'ALGORITHM_NAMES',
     'LORA_ALGORITHMS',
     'build_algorithm',
-    'fedamd',
-    'fedasam',
-    'fedavg',
-    'fedcm',
-    'feddyn',
-    'fedgamma',
-    'fedlora',
-    'fedprox',
-    'fedsam',
-    'fedsmoo',
-    'fedspeed',
-    'ffa_lora',
     'hyperparameters',
     'hyperparameters_for',
-    'mofedsam',
     'parse_hyperparameters',
-    'scaffold',
-    'scaffold_m',
+    *sorted(_registry.FACTORIES),
 )

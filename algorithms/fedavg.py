@@ -9,7 +9,7 @@ pseudo-gradient and applies a server optimizer to it: SGD with learning rate
 forms are FedAdagrad, FedYogi and FedAdam.
 
 With `dp_sgd`, each local step is DP-SGD (Abadi et al. 2016; per-example
-clipping and noise, `fedjax_core.dp_sgd`), sample-level privacy for
+clipping and noise, `fedjax_core.toolkit.dp_sgd`), sample-level privacy for
 cross-silo settings.
 """
 
@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_core import dp_sgd as dp_sgd_lib
-from fedjax_core import losses
-from fedjax_core import server_model
+from fedjax_core.toolkit import dp_sgd as dp_sgd_lib
+from fedjax_core.toolkit import losses
+from fedjax_core.toolkit import server_model
 from fedjax_core.algorithm import Algorithm, Batch, ClientInfo, ClientOutput
 
 PyTree = Any
@@ -66,7 +66,7 @@ def fedavg(apply_fn: ApplyFn, client_optimizer: optax.GradientTransformation,
     The algorithm's pure functions.
 
   Examples:
-    >>> from fedjax_core import optimizers
+    >>> from fedjax_core.toolkit import optimizers
     >>> algorithm = fedavg(model.apply, optimizers.client_optimizer('sgd', 0.1),
     ...                    optimizers.server_optimizer('adam', 0.01))
   """

@@ -1,7 +1,7 @@
 """FedLoRA and FFA-LoRA: federated fine-tuning of LoRA adapters.
 
 Both fine-tune a frozen base model through LoRA adapters (Hu et al. 2022;
-`fedjax_core.lora`): only the adapters are trained, sent, aggregated and
+`fedjax_core.toolkit.lora`): only the adapters are trained, sent, aggregated and
 checkpointed; the base is `Frozen` server state, broadcast once and never
 copied per client.
 
@@ -34,10 +34,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_core import dp_sgd as dp_sgd_lib
-from fedjax_core import lora
-from fedjax_core import losses
-from fedjax_core import server_model
+from fedjax_core.toolkit import dp_sgd as dp_sgd_lib
+from fedjax_core.toolkit import lora
+from fedjax_core.toolkit import losses
+from fedjax_core.toolkit import server_model
 from fedjax_core.algorithm import (Algorithm, Batch, ClientInfo, ClientOutput,
                                    Frozen)
 

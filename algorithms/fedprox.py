@@ -17,9 +17,9 @@ from typing import Any, Callable
 
 import optax
 
-from fedjax_core import drift
-from fedjax_core import local_sgd as local_sgd_lib
-from fedjax_core import losses
+from fedjax_core.toolkit import drift
+from fedjax_core.toolkit import local_sgd as local_sgd_lib
+from fedjax_core.toolkit import losses
 from fedjax_core.algorithm import Algorithm, is_traced
 
 PyTree = Any

@@ -29,9 +29,9 @@ from typing import Any, Callable
 
 import optax
 
-from fedjax_core import local_sgd as local_sgd_lib
-from fedjax_core import losses
-from fedjax_core import sharpness
+from fedjax_core.toolkit import local_sgd as local_sgd_lib
+from fedjax_core.toolkit import losses
+from fedjax_core.toolkit import sharpness
 from fedjax_core.algorithm import Algorithm, is_traced
 
 PyTree = Any

@@ -44,11 +44,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_core import drift
-from fedjax_core import local_sgd as local_sgd_lib
-from fedjax_core import losses
-from fedjax_core import server_model
-from fedjax_core import sharpness
+from fedjax_core.toolkit import drift
+from fedjax_core.toolkit import local_sgd as local_sgd_lib
+from fedjax_core.toolkit import losses
+from fedjax_core.toolkit import server_model
+from fedjax_core.toolkit import sharpness
 from fedjax_core.algorithm import Algorithm, ClientOutput, is_traced
 
 PyTree = Any

@@ -32,12 +32,12 @@ from algorithms.fedspeed import fedspeed
 from algorithms.scaffold import fedgamma
 from algorithms.scaffold import scaffold
 from algorithms.scaffold import scaffold_m
-from fedjax_core import optimizers
+from fedjax_core.toolkit import optimizers
 from fedjax_core.algorithm import Algorithm, is_traced
-from fedjax_core.dp_sgd import DPSGDConfig
+from fedjax_core.toolkit.dp_sgd import DPSGDConfig
 from fedjax_core.errors import SettingError
-from fedjax_core.local_sgd import LocalSGD
-from fedjax_core.lora import LoRAConfig
+from fedjax_core.toolkit.local_sgd import LocalSGD
+from fedjax_core.toolkit.lora import LoRAConfig
 
 PyTree = Any
 
@@ -81,6 +81,10 @@ _LORA_FAMILY: dict[str, Callable[..., Algorithm]] = {
 LORA_ALGORITHMS = tuple(sorted(_LORA_FAMILY))
 ALGORITHM_NAMES = tuple(sorted({**_FEDAVG_FAMILY, **_LOCAL_SGD_FAMILY,
                                 **_LORA_FAMILY}))
+# Every factory by its name, re-exported by `algorithms/__init__.py`, so a
+# new algorithm is its module, its entry above and its test.
+FACTORIES: dict[str, Callable[..., Algorithm]] = {
+    'fedavg': fedavg, **_LOCAL_SGD_FAMILY, **_LORA_FAMILY}
 _ENGINE_ARGUMENTS = ('num_clients',)
 
 

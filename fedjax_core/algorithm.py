@@ -2,7 +2,7 @@
 
 An algorithm is built by a factory that closes over the model, the optax
 transforms and the hyperparameters, in the style of optax's
-`GradientTransformation(init, update)`. The engine (`fedjax_core.rounds`)
+`GradientTransformation(init, update)`. The engine (`fedjax_core.engine.rounds`)
 owns `jit`, `vmap` and sharding; an algorithm never calls them and knows
 nothing of devices.
 

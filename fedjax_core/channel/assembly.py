@@ -1,7 +1,8 @@
 """A run's channel from its settings: which stages, in which order.
 
     broadcast:  downlink compression
-    client:     label flipping, client momentum (MoNNA, DP-BREM),
+    client:     label flipping, client momentum (MoNNA; DP-BREM, i.e.
+                centered clipping under client-level DP),
                 compression, RQM
     cohort:     model attacks, centering (DP-BREM), client-level DP
     reduce:     secure sum | robust rule | mean
@@ -12,12 +13,12 @@ clients' compression and quantization), before any defence.
 
 import dataclasses
 
-from fedjax_core import aggregation
-from fedjax_core import attacks
-from fedjax_core import dp
-from fedjax_core import downlink as downlink_lib
-from fedjax_core import rqm as rqm_lib
-from fedjax_core import uplink as uplink_lib
+from fedjax_core.channel import aggregation
+from fedjax_core.channel import attacks
+from fedjax_core.channel import dp
+from fedjax_core.channel import downlink as downlink_lib
+from fedjax_core.channel import rqm as rqm_lib
+from fedjax_core.channel import uplink as uplink_lib
 from fedjax_core.channel.stage import Chain, chain
 from fedjax_core.errors import SettingError
 
@@ -81,7 +82,8 @@ def build_chain(*, downlink: uplink_lib.Uplink | None = None,
     stages.append(downlink_lib.broadcast_stage(downlink))
   stages += [s for s in attack_stages if s.phase == 'client']
   momentum = None if uplink is None else uplink.momentum
-  if robust is not None and robust.rule == 'monna':
+  if robust is not None and (robust.rule == 'monna'
+                             or dp_config is not None):  # MoNNA, DP-BREM.
     momentum = robust.momentum
   if momentum is not None:
     stages.append(uplink_lib.momentum_stage(momentum))

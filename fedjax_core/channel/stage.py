@@ -79,7 +79,7 @@ class RoundContext(NamedTuple):
       server (all of them unless the host's protocol drops some).
     secagg: the secure-aggregation protocol's round inputs, or None.
     key: the stage's key for the round (its `stream` folded into the round
-      key).
+      key; None for a stage without a stream).
   """
 
   client_ids: jax.Array
@@ -104,8 +104,10 @@ class Stage(NamedTuple):
     init: `message_template -> state` (the server's params for a
       'broadcast' stage; one client's state for a 'client' stage).
     finish: 'cohort' stages only, after the reduction, or None.
-    stream: the PRNG stream folded into the round key (or, for 'client'
-      stages, into the client's key) for this stage's key.
+    stream: the PRNG stream (a `fedjax_core.streams` tag) folded into the
+      round key (or, for 'client' stages, into the client's key) for this
+      stage's key; None for a stage that draws no randomness (its key is
+      None).
     provides: what a 'reduce' stage guarantees, e.g. 'sum' (a linear sum
       of the messages, whose sensitivity clipping bounds).
     needs: what this stage needs of the reducer, e.g. 'sum'.
@@ -121,7 +123,7 @@ class Stage(NamedTuple):
   apply: Callable[..., Any]
   init: Callable[[PyTree], PyTree] = _no_state
   finish: Callable[..., Any] | None = None
-  stream: int = 0
+  stream: int | None = None
   provides: frozenset[str] = frozenset()
   needs: frozenset[str] = frozenset()
   client_inputs: Callable[[RoundContext], PyTree] | None = None
@@ -166,17 +168,15 @@ class Chain(NamedTuple):
     state, metrics = dict(state), {}
     for key, stage in self._server_side():
       if stage.phase == 'broadcast':
-        params, new, m = stage.apply(
-            state.get(key, ()), params,
-            jax.random.fold_in(round_key, stage.stream))
+        params, new, m = stage.apply(state.get(key, ()), params,
+                                     _key(round_key, stage))
         _keep(state, key, new)
         metrics.update(m)
     return params, state, metrics
 
   def client_inputs(self, ctx: RoundContext) -> tuple:
     """Every client stage's per-client inputs of the round ([cohort] rows)."""
-    return tuple(s.client_inputs(ctx._replace(
-        key=jax.random.fold_in(ctx.key, s.stream)))
+    return tuple(s.client_inputs(ctx._replace(key=_key(ctx.key, s)))
                  if s.client_inputs else () for s in self.of_phase('client'))
 
   def relabel(self, inputs: tuple, y: jax.Array) -> jax.Array:
@@ -188,6 +188,7 @@ class Chain(NamedTuple):
 
   @property
   def relabels(self) -> bool:
+    """Whether any client stage changes the labels clients train on."""
     return any(s.relabel is not None for s in self.of_phase('client'))
 
   def client(self, state: tuple, packet: Packet, client_key: jax.Array
@@ -195,8 +196,8 @@ class Chain(NamedTuple):
     """One client's message through the client stages."""
     states, metrics = list(state), {}
     for i, stage in enumerate(self.of_phase('client')):
-      packet, states[i], m = stage.apply(
-          states[i], packet, jax.random.fold_in(client_key, stage.stream))
+      packet, states[i], m = stage.apply(states[i], packet,
+                                         _key(client_key, stage))
       metrics.update(m)
     return packet, tuple(states), metrics
 
@@ -206,7 +207,7 @@ class Chain(NamedTuple):
     """The cohort's messages through the cohort stages and the reducer,
     then the cohort stages' finishes in reverse order."""
     state, metrics = dict(state), {}
-    keyed = lambda s: ctx._replace(key=jax.random.fold_in(ctx.key, s.stream))
+    keyed = lambda s: ctx._replace(key=_key(ctx.key, s))
     finishing = []
     for key, stage in self._server_side():
       if stage.phase == 'cohort':
@@ -232,6 +233,12 @@ class Chain(NamedTuple):
     """(state key, stage) of the non-client stages."""
     return ((f'{i}_{s.name.replace(" ", "_")}', s)
             for i, s in enumerate(self.stages) if s.phase != 'client')
+
+
+def _key(key: jax.Array, stage: Stage) -> jax.Array | None:
+  """The stage's key: its stream folded into `key`; None without one."""
+  return None if stage.stream is None else jax.random.fold_in(key,
+                                                              stage.stream)
 
 
 def _keep(state: dict[str, PyTree], key: str, new: PyTree) -> None:

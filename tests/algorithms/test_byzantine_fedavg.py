@@ -17,11 +17,11 @@ import pytest
 
 from algorithms import build_algorithm
 from fedjax_core import FederatedDataset, Simulation, SimulationConfig
-from fedjax_core import aggregation
-from fedjax_core import attacks
-from fedjax_core import privacy
-from fedjax_core import sampling
-from fedjax_core import uplink
+from fedjax_core.channel import aggregation
+from fedjax_core.channel import attacks
+from fedjax_core.channel import privacy
+from fedjax_core.data import sampling
+from fedjax_core.channel import uplink
 import tiny_problem as tiny
 
 LR = 0.5

@@ -12,9 +12,9 @@ import pytest
 
 from algorithms import build_algorithm
 from fedjax_core import Simulation, SimulationConfig
-from fedjax_core import dp_sgd
-from fedjax_core import privacy
-from fedjax_core import sampling
+from fedjax_core.toolkit import dp_sgd
+from fedjax_core.channel import privacy
+from fedjax_core.data import sampling
 import tiny_problem as tiny
 
 LR = 0.5

@@ -11,7 +11,7 @@ import pytest
 
 from algorithms.fedamd import fedamd
 from fedjax_core import Simulation, SimulationConfig, sample_clients
-from fedjax_core.local_sgd import LocalSGD
+from fedjax_core.toolkit.local_sgd import LocalSGD
 import tiny_problem as tiny
 
 LR = 0.4

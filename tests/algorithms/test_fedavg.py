@@ -11,7 +11,7 @@ import pytest
 
 from algorithms import build_algorithm, fedavg
 from fedjax_core import FederatedDataset, Simulation, SimulationConfig
-from fedjax_core import optimizers
+from fedjax_core.toolkit import optimizers
 import models
 import tiny_problem as tiny
 

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from algorithms.feddyn import feddyn
-from fedjax_core.local_sgd import LocalSGD
+from fedjax_core.toolkit.local_sgd import LocalSGD
 import tiny_problem as tiny
 
 LR = 0.4

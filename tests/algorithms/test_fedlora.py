@@ -20,8 +20,8 @@ from algorithms import build_algorithm
 from fedjax_core import ClientDPSettings, FederatedDataset
 from fedjax_core import SecureAggregation
 from fedjax_core import Simulation, SimulationConfig
-from fedjax_core import lora
-from fedjax_core.dp_sgd import DPSGDConfig
+from fedjax_core.toolkit import lora
+from fedjax_core.toolkit.dp_sgd import DPSGDConfig
 import interruptions
 import models
 import tiny_problem as tiny

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from algorithms.fedsam import fedasam, fedsam
-from fedjax_core.local_sgd import LocalSGD
+from fedjax_core.toolkit.local_sgd import LocalSGD
 import tiny_problem as tiny
 
 LR = 0.5

@@ -11,7 +11,7 @@ import pytest
 
 from algorithms.fedspeed import fedspeed
 from fedjax_core import sample_clients
-from fedjax_core.local_sgd import LocalSGD
+from fedjax_core.toolkit.local_sgd import LocalSGD
 import tiny_problem as tiny
 
 LR = 0.4

@@ -6,7 +6,7 @@ import pytest
 
 import algorithms
 from algorithms import registry
-from fedjax_core.lora import LoRAConfig
+from fedjax_core.toolkit.lora import LoRAConfig
 import tiny_problem as tiny
 
 ISSUE_NAMES = ('fedavg', 'fedavgm', 'fedadam', 'fedyogi', 'fedadagrad',

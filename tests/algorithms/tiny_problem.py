@@ -10,7 +10,7 @@ needs no shuffling: `local_epochs=E` is E full-batch steps per client.
 import numpy as np
 
 from fedjax_core import FederatedDataset, Simulation, SimulationConfig
-from fedjax_core import sampling
+from fedjax_core.data import sampling
 import models
 
 X = np.array([[1.0, 0.5, -1.0], [0.2, -0.3, 0.8], [-1.5, 1.0, 0.1],

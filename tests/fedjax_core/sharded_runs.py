@@ -12,8 +12,8 @@ import optax
 
 from algorithms.scaffold import scaffold
 from fedjax_core import FederatedDataset, Simulation, SimulationConfig
-from fedjax_core import placement
-from fedjax_core.local_sgd import LocalSGD
+from fedjax_core.engine import placement
+from fedjax_core.toolkit.local_sgd import LocalSGD
 import models
 
 POPULATION, COHORT, ROUNDS = 13, 5, 3

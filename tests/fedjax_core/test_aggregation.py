@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_core import aggregation
+from fedjax_core.channel import aggregation
 from fedjax_core import channel
-from fedjax_core import dp
-from fedjax_core import placement
-from fedjax_core import secagg_protocol
+from fedjax_core.channel import dp
+from fedjax_core.engine import placement
+from fedjax_core.channel import secagg_protocol
 
 IDS = jnp.array([4, 9, 2, 0], jnp.int32)
 IS_REAL = jnp.array([1.0, 1.0, 1.0, 0.0])  # The last client pads.

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fedjax_core import attacks
+from fedjax_core.channel import attacks
 
 # Slots 0..7 are clients, 8..9 padding; 1, 4 and 6 are Byzantine.
 _IS_REAL = np.array([True] * 8 + [False] * 2)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_core.augmentation import random_crop_flip
+from fedjax_core.data.augmentation import random_crop_flip
 
 
 def _draws(key, batch_size, padding):

@@ -1,4 +1,4 @@
-"""Tests of fedjax_core.batching."""
+"""Tests of fedjax_core.engine.batching."""
 
 import math
 
@@ -6,8 +6,8 @@ import chex
 import numpy as np
 import pytest
 
-from fedjax_core import batching
-from fedjax_core.client_indices import ClientIndices
+from fedjax_core.engine import batching
+from fedjax_core.data.client_indices import ClientIndices
 
 # Three clients of sizes 5, 12 and 7 owning disjoint, interleaved rows.
 _ROWS = np.random.default_rng(0).permutation(24)

@@ -8,16 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_core import aggregation
-from fedjax_core import attacks
+from fedjax_core.channel import aggregation
+from fedjax_core.channel import attacks
 from fedjax_core import channel
-from fedjax_core import dp
+from fedjax_core.channel import dp
 from fedjax_core import errors
-from fedjax_core import privacy
-from fedjax_core import rqm
-from fedjax_core import secagg_protocol
+from fedjax_core.channel import privacy
+from fedjax_core.channel import rqm
+from fedjax_core.channel import secagg_protocol
 from fedjax_core import streams
-from fedjax_core import uplink
+from fedjax_core.channel import uplink
 from fedjax_core.channel import assembly
 
 IDS = jnp.array([4, 9, 2, 7, 1, 0], jnp.int32)

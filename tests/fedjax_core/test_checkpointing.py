@@ -1,4 +1,4 @@
-"""Tests of fedjax_core.checkpointing."""
+"""Tests of fedjax_core.engine.checkpointing."""
 
 import os
 import re
@@ -10,7 +10,7 @@ import pytest
 
 from checkpoint_damage import DAMAGES, empty, printed_notes, truncate
 from fedjax_core.algorithm import Frozen
-from fedjax_core.checkpointing import CheckpointMismatchError, Checkpointer
+from fedjax_core.engine.checkpointing import CheckpointMismatchError, Checkpointer
 
 
 def _state(offset):

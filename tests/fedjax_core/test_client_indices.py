@@ -1,9 +1,9 @@
-"""Tests of fedjax_core.client_indices."""
+"""Tests of fedjax_core.data.client_indices."""
 
 import numpy as np
 import pytest
 
-from fedjax_core.client_indices import ClientIndices
+from fedjax_core.data.client_indices import ClientIndices
 
 
 def test_from_assignment_by_hand():

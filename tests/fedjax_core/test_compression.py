@@ -1,4 +1,4 @@
-"""Tests of fedjax_core.compression against numpy and hand computations."""
+"""Tests of fedjax_core.channel.compression against numpy and hand computations."""
 
 import functools
 import math
@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_core import compression as cp
-from fedjax_core import uplink
+from fedjax_core.channel import compression as cp
+from fedjax_core.channel import uplink
 
 # Jitted once per shape and setting: eager op-by-op dispatch is slower.
 _topk = jax.jit(cp.topk, static_argnums=1)

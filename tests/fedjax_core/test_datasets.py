@@ -1,11 +1,11 @@
-"""Tests of the built-in datasets in fedjax_core.datasets."""
+"""Tests of the built-in datasets in fedjax_core.data.datasets."""
 
 import numpy as np
 import pytest
 
-from fedjax_core import datasets
-from fedjax_core import partition as partition_lib
-from fedjax_core.data import FederatedDataset
+from fedjax_core.data import datasets
+from fedjax_core.data import partition as partition_lib
+from fedjax_core.data.federated import FederatedDataset
 from tfds_fakes import mock_tfds
 
 _DIGITS_CLASS_COUNTS = np.array(

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_core import downlink
-from fedjax_core import uplink
+from fedjax_core.channel import downlink
+from fedjax_core.channel import uplink
 from fedjax_core.algorithm import Algorithm
 
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_core import dp
+from fedjax_core.channel import dp
 
 
 def _update(scale):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_core import dp_sgd
+from fedjax_core.toolkit import dp_sgd
 from fedjax_core.algorithm import Batch
 import models
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_core import drift
+from fedjax_core.toolkit import drift
 
 RNG = np.random.default_rng(0)
 GRADS = {'w': RNG.normal(size=(2, 3)).astype(np.float32),

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from fedjax_core import Checkpointer, read_metrics
-from fedjax_core import driver
-from fedjax_core import placement
-from fedjax_core.driver import TrainingDivergedError
+from fedjax_core.engine import driver
+from fedjax_core.engine import placement
+from fedjax_core.engine.driver import TrainingDivergedError
 
 
 class _Group:

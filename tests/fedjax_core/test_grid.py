@@ -1,11 +1,11 @@
-"""fedjax_core.grid: expansion, validation, keys, sharding and launch plans."""
+"""fedjax_core.experiments.grid: expansion, validation, keys, sharding and launch plans."""
 
 import json
 import os
 
 import pytest
 
-from fedjax_core import grid
+from fedjax_core.experiments import grid
 
 SPEC = {'base': {'dataset': 'synthetic', 'num_rounds': 20},
         'grid': {'algorithm': ['fedavg', 'fedprox'],

@@ -7,8 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from fedjax_core import server_model
-from fedjax_core.local_sgd import LocalSGD
+from fedjax_core.toolkit import server_model
+from fedjax_core.toolkit.local_sgd import LocalSGD
 
 PARAMS = {'w': np.array([[1.0, -2.0], [0.5, 3.0]], np.float32),
           'b': np.array([0.25, -1.0], np.float32)}

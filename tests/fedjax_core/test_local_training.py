@@ -1,4 +1,4 @@
-"""Tests of fedjax_core.local_training.client_update."""
+"""Tests of fedjax_core.engine.local_training.client_update."""
 
 import functools
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_core import local_training
+from fedjax_core.engine import local_training
 from fedjax_core.algorithm import Algorithm, ClientOutput
 
 _LR = 0.1

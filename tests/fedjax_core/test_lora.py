@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_core import lora
+from fedjax_core.toolkit import lora
 
 
 class _TwoLayer(nn.Module):

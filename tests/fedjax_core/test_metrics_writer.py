@@ -1,11 +1,11 @@
-"""Tests of fedjax_core.metrics_writer."""
+"""Tests of fedjax_core.engine.metrics_writer."""
 
 import json
 
 import numpy as np
 import pytest
 
-from fedjax_core.metrics_writer import MetricsWriter, read_metrics
+from fedjax_core.engine.metrics_writer import MetricsWriter, read_metrics
 
 
 def _write(path, records, completed_rounds=0):

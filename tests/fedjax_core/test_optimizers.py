@@ -1,11 +1,11 @@
-"""Tests of fedjax_core.optimizers."""
+"""Tests of fedjax_core.toolkit.optimizers."""
 
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from fedjax_core import optimizers
+from fedjax_core.toolkit import optimizers
 
 _X0 = np.array([1.0, -2.0])
 # Pseudo-gradients of three server steps; the first two have g^2 > tau^2 and

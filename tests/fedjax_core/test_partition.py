@@ -1,10 +1,10 @@
-"""Tests of fedjax_core.partition."""
+"""Tests of fedjax_core.data.partition."""
 
 import numpy as np
 import pytest
 
-from fedjax_core import partition
-from fedjax_core.client_indices import ClientIndices
+from fedjax_core.data import partition
+from fedjax_core.data.client_indices import ClientIndices
 
 _NUM_CLASSES = 10
 

@@ -1,4 +1,4 @@
-"""Tests of fedjax_core.partition_report."""
+"""Tests of fedjax_core.data.partition_report."""
 
 import json
 
@@ -7,8 +7,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from fedjax_core import partition_report
-from fedjax_core.client_indices import ClientIndices
+from fedjax_core.data import partition_report
+from fedjax_core.data.client_indices import ClientIndices
 
 _PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 

@@ -1,4 +1,4 @@
-"""Tests of fedjax_core.placement."""
+"""Tests of fedjax_core.engine.placement."""
 
 import os
 import subprocess
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_core import placement
+from fedjax_core.engine import placement
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -87,7 +87,7 @@ def test_map_clients_matches_a_loop_over_clients(chunk_size, unroll):
 
 _SHARDED = textwrap.dedent('''
     import jax, jax.numpy as jnp, numpy as np
-    from fedjax_core import placement
+    from fedjax_core.engine import placement
     assert jax.device_count() == 8, jax.devices()
     mesh = placement.client_mesh()
     assert mesh.shape == {'clients': 8}, mesh.shape

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_core import pretrained
+from fedjax_core.toolkit import pretrained
 
 INFO = {'model': 'mlp', 'example_shape': [4], 'num_classes': 3,
         'dataset': 'digits', 'step': 7}

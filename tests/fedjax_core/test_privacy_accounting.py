@@ -10,8 +10,8 @@ import pytest
 from dp_accounting import pld
 from dp_accounting import rdp
 
-from fedjax_core import privacy
-from fedjax_core import privacy_accounting
+from fedjax_core.channel import privacy
+from fedjax_core.channel import privacy_accounting
 
 
 def _direct_poisson(q, z, rounds, delta, accountant=rdp.RdpAccountant):

@@ -10,11 +10,11 @@ from dp_accounting import rdp
 
 import algorithms
 from fedjax_core import Simulation, SimulationConfig
-from fedjax_core import aggregation
-from fedjax_core import privacy
-from fedjax_core import rqm
-from fedjax_core import secagg_protocol
-from fedjax_core.datasets import load_dataset
+from fedjax_core.channel import aggregation
+from fedjax_core.channel import privacy
+from fedjax_core.channel import rqm
+from fedjax_core.channel import secagg_protocol
+from fedjax_core.data.datasets import load_dataset
 import models
 
 

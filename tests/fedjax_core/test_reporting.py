@@ -1,4 +1,4 @@
-"""Tests of fedjax_core.reporting against numbers worked out here with numpy
+"""Tests of fedjax_core.experiments.reporting against numbers worked out here with numpy
 from small metrics.jsonl files written by hand."""
 
 import csv
@@ -11,7 +11,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from fedjax_core import reporting
+from fedjax_core.experiments import reporting
 
 SWEEP_LABEL = 'algorithm=fedprox,client_lr=0.1'
 # Three seeds of one sweep configuration, evaluated at rounds 2, 4 and 6.

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_core import robust_aggregation as ra
+from fedjax_core.channel import robust_aggregation as ra
 
 # The rules as the engine calls them: jitted, integer hyperparameters static.
 median = jax.jit(ra.coordinate_median)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fedjax_core import rqm
+from fedjax_core.channel import rqm
 
 # (clip, num_levels, keep_probability, extension)
 CONFIGS = [(1.0, 2, 0.5, 1.0), (1.0, 3, 0.5, 1.0), (1.0, 5, 0.4, 0.8),

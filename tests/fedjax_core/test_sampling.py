@@ -1,9 +1,9 @@
-"""Tests of fedjax_core.sampling."""
+"""Tests of fedjax_core.data.sampling."""
 
 import numpy as np
 import pytest
 
-from fedjax_core import sampling
+from fedjax_core.data import sampling
 
 
 def test_same_seed_and_round_give_the_same_cohort():

@@ -1,10 +1,10 @@
-"""Tests of fedjax_core.secagg_protocol."""
+"""Tests of fedjax_core.channel.secagg_protocol."""
 
 import numpy as np
 import pytest
 
-from fedjax_core import secagg_protocol
-from fedjax_core import shamir
+from fedjax_core.channel import secagg_protocol
+from fedjax_core.channel import shamir
 
 # 8 cohort slots, 7 participants with non-contiguous global ids, one
 # padding slot (index 5).

@@ -1,4 +1,4 @@
-"""Tests of fedjax_core.secure_aggregation."""
+"""Tests of fedjax_core.channel.secure_aggregation."""
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fedjax_core import secagg_protocol
-from fedjax_core import secure_aggregation as sa
+from fedjax_core.channel import secagg_protocol
+from fedjax_core.channel import secure_aggregation as sa
 
 # 8 cohort slots: 7 participants with non-contiguous ids, padding at 5.
 _IDS = np.array([40, 3, 17, 1000, 8, 0, 61, 9], np.int32)

@@ -1,11 +1,11 @@
-"""Tests of fedjax_core.shamir."""
+"""Tests of fedjax_core.channel.shamir."""
 
 import itertools
 
 import numpy as np
 import pytest
 
-from fedjax_core import shamir
+from fedjax_core.channel import shamir
 
 PRIME = 2**127 - 1
 

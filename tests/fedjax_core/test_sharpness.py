@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_core import losses
-from fedjax_core import sharpness
+from fedjax_core.toolkit import losses
+from fedjax_core.toolkit import sharpness
 from fedjax_core.algorithm import Batch
 
 # A two-leaf pytree of params and one of gradients, with a zero entry in

@@ -15,10 +15,10 @@ import algorithms
 import checkpoint_damage
 from fedjax_core import CheckpointMismatchError
 from fedjax_core import Simulation, SimulationConfig, TrainingDivergedError
-from fedjax_core.simulation import resolve_loop
+from fedjax_core.engine.simulation import resolve_loop
 from fedjax_core import Checkpointer, read_metrics, sample_clients
-from fedjax_core import sampling
-from fedjax_core.datasets import load_dataset
+from fedjax_core.data import sampling
+from fedjax_core.data.datasets import load_dataset
 from interruptions import fail_at_round
 import models
 

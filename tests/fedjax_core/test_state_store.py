@@ -1,10 +1,10 @@
-"""Tests of fedjax_core.state_store."""
+"""Tests of fedjax_core.engine.state_store."""
 
 import chex
 import numpy as np
 import pytest
 
-from fedjax_core.state_store import ClientStateStore
+from fedjax_core.engine.state_store import ClientStateStore
 
 
 def _store():

@@ -1,4 +1,4 @@
-"""Tests of fedjax_core.datasets.text and the data parts of the registry.
+"""Tests of fedjax_core.data.datasets.text and the data parts of the registry.
 
 Expected windows are written out by hand on small strings, or cut from the
 raw text with plain string slicing. The TFDS path runs on tiny_shakespeare
@@ -17,10 +17,10 @@ import tensorflow_datasets as tfds
 from pydoc_data import topics as pydoc_topics
 from tensorflow_datasets.core import file_adapters
 
-from fedjax_core import datasets
-from fedjax_core.data import CentralDataset
-from fedjax_core.datasets import text
-from fedjax_core.datasets.tfds_images import DatasetNotPreparedError
+from fedjax_core.data import datasets
+from fedjax_core.data.federated import CentralDataset
+from fedjax_core.data.datasets import text
+from fedjax_core.data.datasets.tfds_images import DatasetNotPreparedError
 
 _OOV = '\N{REPLACEMENT CHARACTER}'
 

@@ -1,4 +1,4 @@
-"""Tests of fedjax_core.datasets.tfds_images.
+"""Tests of fedjax_core.data.datasets.tfds_images.
 
 Most tests write small fake datasets in ArrayRecord format with TFDS's own
 feature encoding (PNG images), so the loader runs on the real, unmocked read
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from fedjax_core.data import CentralDataset
-from fedjax_core.datasets import tfds_images
-from fedjax_core.datasets.tfds_images import DatasetNotPreparedError
-from fedjax_core.datasets.tfds_images import load_tfds
+from fedjax_core.data.federated import CentralDataset
+from fedjax_core.data.datasets import tfds_images
+from fedjax_core.data.datasets.tfds_images import DatasetNotPreparedError
+from fedjax_core.data.datasets.tfds_images import load_tfds
 from tfds_fakes import SIZES, mock_tfds, write_dataset
 
 _NUM_CLASSES = {

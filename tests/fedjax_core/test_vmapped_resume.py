@@ -6,7 +6,7 @@ import algorithms
 import checkpoint_damage
 from fedjax_core import Run, Simulation, SimulationConfig, VmappedRuns
 from fedjax_core import read_metrics
-from fedjax_core.datasets import load_dataset
+from fedjax_core.data.datasets import load_dataset
 import models
 
 

@@ -14,7 +14,7 @@ import pytest
 import algorithms
 from fedjax_core import Run, Simulation, SimulationConfig, VmappedRuns
 from fedjax_core import Checkpointer, read_metrics
-from fedjax_core.datasets import load_dataset
+from fedjax_core.data.datasets import load_dataset
 from interruptions import fail_at_round
 import models
 

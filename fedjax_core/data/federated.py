@@ -1,0 +1,146 @@
+"""Datasets held in host memory as compact numpy arrays.
+
+A `CentralDataset` is what a loader reads: a training split, a held-out
+test split and, where the data have one, a natural group key per training
+row (a device or writer id) and possibly per test row. Partitioning it
+(`fedjax_core.data.partition`) makes a `FederatedDataset`: the same arrays plus
+which rows each client owns, and optionally each client's own held-out rows
+for per-client metrics. Round batching (`fedjax_core.engine.batching`) turns a
+cohort of client ids into static-shape index and mask arrays into these
+rows.
+
+Images stay uint8 in host and device memory (4x smaller than float32);
+`as_float` maps them to [0, 1] inside the compiled round.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_core.data.client_indices import ClientIndices
+
+
+def as_float(x):
+  """float32 features: uint8 pixels scaled to [0, 1], floats unchanged.
+
+  Works on numpy and JAX arrays; the branch is on the static dtype.
+  """
+  if x.dtype == np.uint8:
+    return x.astype(jnp.float32) * (1.0 / 255.0)
+  return x.astype(jnp.float32)
+
+
+def _check_splits(name: str, train_x, train_y, test_x, test_y):
+  """Raises ValueError unless x and y agree in length and both splits'
+  examples have one shape."""
+  for split, x, y in (('train', train_x, train_y), ('test', test_x, test_y)):
+    if len(x) != len(y):
+      raise ValueError(f'{name}: {split}_x has {len(x)} rows but {split}_y '
+                       f'has {len(y)}.')
+  if train_x.shape[1:] != test_x.shape[1:]:
+    raise ValueError(
+        f'{name}: train examples have shape {train_x.shape[1:]} but test '
+        f'examples have shape {test_x.shape[1:]}.')
+
+
+@dataclasses.dataclass(frozen=True)
+class CentralDataset:
+  """A dataset before it is split across clients.
+
+  Attributes:
+    name: dataset name, as given to `fedjax_core.data.datasets.load_dataset`.
+    train_x: `[num_train, *example_shape]` inputs (uint8 images, float32
+      features or int32 character ids).
+    train_y: `[num_train]` int32 labels.
+    test_x: `[num_test, *example_shape]` held-out inputs.
+    test_y: `[num_test]` int32 held-out labels.
+    num_classes: number of label classes.
+    train_groups: `[num_train]` int natural group key of each training row
+      (for example the device that produced it), or None if the dataset has
+      none; the 'natural' partition needs it.
+    test_groups: `[num_test]` int group key of each test row, in the same
+      key space as `train_groups` (a group may have rows in only one split),
+      or None.
+  """
+
+  name: str
+  train_x: np.ndarray
+  train_y: np.ndarray
+  test_x: np.ndarray
+  test_y: np.ndarray
+  num_classes: int
+  train_groups: np.ndarray | None = None
+  test_groups: np.ndarray | None = None
+
+  def __post_init__(self):
+    _check_splits(self.name, self.train_x, self.train_y, self.test_x,
+                  self.test_y)
+    for split, groups, y in (('train', self.train_groups, self.train_y),
+                             ('test', self.test_groups, self.test_y)):
+      if groups is not None and len(groups) != len(y):
+        raise ValueError(
+            f'{self.name}: {split}_groups has {len(groups)} entries but '
+            f'there are {len(y)} {split} rows.')
+
+
+@dataclasses.dataclass(frozen=True)
+class FederatedDataset:
+  """Training rows of every client and a global test split.
+
+  Attributes:
+    name: dataset name, as given to `fedjax_core.data.datasets.load_dataset`.
+    train_x: `[num_train, *example_shape]` inputs of all clients (uint8
+      images, float32 features or int32 character ids).
+    train_y: `[num_train]` int32 labels.
+    client_indices: the training rows of each client.
+    test_x: `[num_test, *example_shape]` global held-out inputs.
+    test_y: `[num_test]` int32 held-out labels.
+    num_classes: number of label classes.
+    local_test_indices: rows of `train_x` each client holds out from
+      training as its own test split (for per-client metrics), or None.
+    partition_info: how the clients were made (scheme and arguments), for
+      the run's records, or None.
+  """
+
+  name: str
+  train_x: np.ndarray
+  train_y: np.ndarray
+  client_indices: ClientIndices
+  test_x: np.ndarray
+  test_y: np.ndarray
+  num_classes: int
+  local_test_indices: ClientIndices | None = None
+  partition_info: dict[str, Any] | None = None
+
+  def __post_init__(self):
+    _check_splits(self.name, self.train_x, self.train_y, self.test_x,
+                  self.test_y)
+    if not isinstance(self.client_indices, ClientIndices):
+      object.__setattr__(self, 'client_indices',
+                         ClientIndices.from_lists(self.client_indices))
+    empty = np.flatnonzero(self.client_indices.sizes == 0)
+    if len(empty):
+      raise ValueError(
+          f'{self.name}: clients {empty[:10].tolist()} have no training '
+          'examples; use fewer clients or a partition with a minimum client '
+          'size.')
+    if (self.local_test_indices is not None and
+        len(self.local_test_indices) != self.num_clients):
+      raise ValueError(
+          f'{self.name}: local_test_indices has {len(self.local_test_indices)}'
+          f' clients but client_indices has {self.num_clients}.')
+
+  @property
+  def num_clients(self) -> int:
+    return len(self.client_indices)
+
+  @property
+  def example_shape(self) -> tuple[int, ...]:
+    return tuple(self.train_x.shape[1:])
+
+  @property
+  def client_sizes(self) -> np.ndarray:
+    """`[num_clients]` int64 training examples per client."""
+    return self.client_indices.sizes
