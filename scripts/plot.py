@@ -21,7 +21,7 @@ import sys
 from absl import app
 from absl import flags
 
-from fedjax_core import reporting
+from fedjax_core.experiments import reporting
 
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Directory searched recursively for metrics.jsonl: one '

@@ -30,13 +30,13 @@ import optax
 import orbax.checkpoint as ocp
 import tqdm
 
-from fedjax_core import datasets
-from fedjax_core import losses
-from fedjax_core import optimizers
-from fedjax_core import pretrained
+from fedjax_core.data import datasets
+from fedjax_core.toolkit import losses
+from fedjax_core.toolkit import optimizers
+from fedjax_core.toolkit import pretrained
 from fedjax_core.algorithm import Batch
-from fedjax_core.data import as_float
-from fedjax_core.evaluation import Evaluator
+from fedjax_core.data.federated import as_float
+from fedjax_core.engine.evaluation import Evaluator
 import models
 
 _DATASET = flags.DEFINE_enum('dataset', 'pydoc_topics',

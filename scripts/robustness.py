@@ -19,12 +19,12 @@ from absl import app
 from absl import flags
 
 from algorithms import build_algorithm
-from fedjax_core import aggregation
-from fedjax_core import attacks
-from fedjax_core import datasets
-from fedjax_core import placement
-from fedjax_core import simulation
-from fedjax_core import uplink
+from fedjax_core.channel import aggregation
+from fedjax_core.channel import attacks
+from fedjax_core.data import datasets
+from fedjax_core.engine import placement
+from fedjax_core.engine import simulation
+from fedjax_core.channel import uplink
 import models
 
 _TABLE = flags.DEFINE_enum('table', 'attacks', ['attacks', 'compression'],

@@ -2,10 +2,10 @@ r"""Runs a grid of training configurations, resuming where it stopped.
 
 The grid file (.json, or .py defining GRID) holds "base", the flags every
 run shares, and "grid", a dict from flag name to a list of values (or a
-list of such dicts, the union of their products); see `fedjax_core.grid`.
-The seeds of one configuration run as one `scripts.train` program
-(--num_seeds), each maximal run of consecutive unfinished seeds one
-process. Seed S of a configuration writes `WORKDIR/runs/HASH/seed_S/`; a
+list of such dicts, the union of their products); see
+`fedjax_core.experiments.grid`. The seeds of one configuration run as one
+`scripts.train` program (--num_seeds), each maximal run of consecutive
+unfinished seeds one process. Seed S of a configuration writes `WORKDIR/runs/HASH/seed_S/`; a
 seed with a summary.json there is skipped, so re-running the same command
 finishes what failed or was interrupted. `WORKDIR/runs/HASH/config.json`
 holds the flags and a short label, `WORKDIR/sweep.json` the whole grid, and
@@ -32,14 +32,13 @@ from typing import Sequence
 from absl import app
 from absl import flags
 
-from fedjax_core import grid
+from fedjax_core import errors
+from fedjax_core.experiments import grid
+from scripts import flags as script_flags
 
 _GRID = flags.DEFINE_string(
     'grid', None, 'Grid file: .json, or .py defining GRID = {"base": {...}, '
     '"grid": {...}}.')
-_WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Sweep directory: runs/HASH/ per configuration and '
-    'sweep.json.')
 _TASK_INDEX = flags.DEFINE_integer(
     'task_index', 0, 'This task, in [0, --num_tasks).')
 _NUM_TASKS = flags.DEFINE_integer(
@@ -48,6 +47,7 @@ _NUM_TASKS = flags.DEFINE_integer(
 _DRY_RUN = flags.DEFINE_bool(
     'dry_run', False, 'Print the train commands without running them or '
     'writing anything.')
+flags.declare_key_flag('workdir')  # Shared with scripts.train.
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_COMMAND = (sys.executable, '-m', 'scripts.train')
@@ -207,10 +207,14 @@ def format_summary(result: SweepResult) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  script_flags.reject_unused('scripts.sweep', script_flags.WORKDIR)
   try:
     units = grid.expand_grid(grid.load_grid(_GRID.value))
-    result = run_sweep(units, _WORKDIR.value, task_index=_TASK_INDEX.value,
+    result = run_sweep(units, script_flags.WORKDIR.value,
+                       task_index=_TASK_INDEX.value,
                        num_tasks=_NUM_TASKS.value, dry_run=_DRY_RUN.value)
+  except errors.SettingError as e:
+    sys.exit(f'error: {script_flags.describe(e)}')
   except (OSError, ValueError) as e:
     sys.exit(f'error: {e}')
   except KeyboardInterrupt:

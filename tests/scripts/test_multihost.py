@@ -12,6 +12,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+# Every test here launches processes.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 _FLAGS = ('--dataset=synthetic', '--model=logreg', '--num_clients=20',

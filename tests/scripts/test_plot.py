@@ -45,6 +45,7 @@ def _main(*args):
   return result.stdout
 
 
+@pytest.mark.slow
 def test_comparison_of_seeds_writes_every_output(tmp_path):
   workdir = tmp_path / 'cmp'
   for seed, accuracies in enumerate([[0.5, 0.7], [0.6, 0.9], [0.4, 0.8]]):
@@ -74,6 +75,7 @@ def test_comparison_of_seeds_writes_every_output(tmp_path):
   assert not os.path.exists(workdir / 'results.md')
 
 
+@pytest.mark.slow
 def test_out_defaults_to_the_workdir(tmp_path):
   _write_run(str(tmp_path / 'run'), [0.5])
   _main(f'--workdir={tmp_path / "run"}')
@@ -81,10 +83,11 @@ def test_out_defaults_to_the_workdir(tmp_path):
       OUTPUTS + ['metrics.jsonl'])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('layout, message', [
     (None, 'does not exist'),
     ('empty', 'No metrics.jsonl under .* Expected DIR/metrics.jsonl'),
-    ('unevaluated', 'has an evaluated round yet .*--eval_every=N'),
+    ('unevaluated', 'has an evaluated round yet .*eval_every=N'),
 ])
 def test_errors_name_the_problem(tmp_path, layout, message):
   workdir = tmp_path / 'runs'
@@ -96,6 +99,7 @@ def test_errors_name_the_problem(tmp_path, layout, message):
     _main(f'--workdir={workdir}')
 
 
+@pytest.mark.slow
 def test_target_accuracy_in_percent_is_a_usage_error(tmp_path):
   _write_run(str(tmp_path / 'run'), [0.5])
   with pytest.raises(SystemExit, match='e.g. 0.8 for 80%'):

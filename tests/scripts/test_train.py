@@ -29,6 +29,7 @@ def _table(stdout: str) -> str:
   return stdout[stdout.rindex('\nalgorithm ') + 1:]
 
 
+@pytest.mark.slow
 def test_default_workdir_is_a_new_relative_runs_dir(tmp_path):
   result = _train(*SMALL, '--algorithm=fedavg', cwd=tmp_path)
   assert result.returncode == 0, result.stderr
@@ -37,6 +38,7 @@ def test_default_workdir_is_a_new_relative_runs_dir(tmp_path):
   assert os.listdir(tmp_path / 'runs' / run / 'checkpoints')
 
 
+@pytest.mark.slow
 def test_compares_algorithms_and_resumes(tmp_path):
   workdir = str(tmp_path)
   first = _train(*SMALL, '--algorithm=fedavg,fedyogi', f'--workdir={workdir}')
@@ -67,17 +69,18 @@ BAD_INPUT = [
     ('--dirichlet_alpha=0', 'alpha must be > 0'),
     ('--partition=pathological --classes_per_client=11',
      'classes_per_client must be in [1, 10]'),
-    ('--local_test_fraction=1', '--local_test_fraction must be in [0, 1)'),
+    ('--local_test_fraction=1', ('--local_test_fraction', 'must be in [0, 1)')),
     ('--dirichlet_alpha=-1', '--dirichlet_alpha: alpha must be > 0, got -1'),
-    ('--local_epochs=1 --local_steps=2', 'Set --local_epochs or '
-     '--local_steps, not both.'),
-    ('--num_rounds=0', '--num_rounds must be positive, got 0'),
-    ('--batch_size=0', '--batch_size must be positive, got 0'),
+    ('--local_epochs=1 --local_steps=2', ('--local_epochs',
+                                          'local_steps, not both.')),
+    ('--num_rounds=0', ('--num_rounds', 'must be positive, got 0')),
+    ('--batch_size=0', ('--batch_size', 'must be positive, got 0')),
     ('--num_clients=0', '--num_clients must be positive, got 0'),
-    ('--aggregator=secure --secagg_threshold=4', '--secagg_threshold must '
-     'be in [1, 3]'),
-    ('--size_buckets=0', '--size_buckets must be positive'),
-    ('--dataset=synthetic --augment', '--augment needs images of shape'),
+    ('--aggregator=secure --secagg_threshold=4', ('--secagg_threshold',
+                                                   'must be in [1, 3]')),
+    ('--size_buckets=0', ('--size_buckets', 'must be positive')),
+    ('--dataset=synthetic --augment', ('--augment',
+                                       'needs images of shape')),
     ('--client_optimizer=lion', 'value should be one of'),
     ('--clients_per_round=50', 'exceeds the population of 6'),
     ('--client_lr=0', 'client_lr must be a positive number'),
@@ -87,28 +90,28 @@ BAD_INPUT = [
     ('--participation=poisson', 'value should be one of'),
     ('--secagg_bits=16', '--secagg_bits has no effect without '
      '--aggregator=secure'),
-    ('--dp_clip_norm=1', 'DP needs --dp_noise_multiplier or'),
+    ('--dp_clip_norm=1', ('--dp_noise_multiplier', 'DP needs')),
     ('--dp_clip_norm=1 --dp_noise_multiplier=1 --dp_sampling=poisson '
      '--participation=fixed', '--dp_sampling=poisson needs '
      '--participation=bernoulli'),
     ('--dp_clip_norm=1 --dp_noise_multiplier=1 --dp_delta=0.5',
-     '--dp_delta must be in'),
+     ('--dp_delta', 'must be in')),
     ('--dp_clip_norm=1 --dp_noise_multiplier=0.3 --dp_target_epsilon=0.1',
      'One round already spends epsilon'),
     ('--aggregator=secure --secagg_dropout_fraction=0.7',
-     'Lower --secagg_dropout_fraction'),
+     ('--secagg_dropout_fraction', 'Lower')),
     ('--algorithm=scaffold --dp_sgd_clip_norm=1', 'FedAvg family'),
     ('--aggregator=krum', 'needs at least 5 clients a round, got 3'),
     ('--aggregator=median --aggregator=secure --nnm', '--nnm mixes'),
     ('--aggregator=median --dp_clip_norm=1 --dp_noise_multiplier=1',
-     'does not combine with secure aggregation or client-level DP'),
+     ('--aggregator', 'bounded sensitivity')),
+    ('--aggregator=centered_clip --cc_radius=2 --dp_clip_norm=1 '
+     '--dp_noise_multiplier=1', ('--cc_radius', 'radius is the DP clip')),
     ('--cc_radius=2', '--cc_radius has no effect without a robust'),
-    ('--attack=sign_flip --byzantine_fraction=1', '--byzantine_fraction '
-     'must be in [0, 1)'),
-    ('--compressor=topk --compress_fraction=0', '--compress_fraction must '
-     'be in (0, 1]'),
-    ('--compressor=sign --aggregator=secure', 'does not combine with '
-     '--aggregator=secure'),
+    ('--attack=sign_flip --byzantine_fraction=1', ('--byzantine_fraction',
+                                                    'must be in [0, 1)')),
+    ('--compressor=topk --compress_fraction=0', ('--compress_fraction',
+                                                 'must be in (0, 1]')),
     ('--compress_down', '--compress_down has no effect without '
      '--compressor'),
     ('--num_seeds=0', '--num_seeds must be positive, got 0'),
@@ -120,7 +123,7 @@ BAD_INPUT = [
     ('--algorithm=fedlora', "matches no kernel. The kernels are: "
      "params/Dense_0/kernel"),
     ('--algorithm=ffa_lora --lora_targets=Dense_0 --lora_rank=0',
-     '--lora_rank must be a positive int'),
+     ('--lora_rank', 'must be a positive int')),
     ('--init_checkpoint=/nonexistent', 'holds no pre-trained base'),
     ('--data_part=middle', 'value should be one of'),
 ]
@@ -139,13 +142,15 @@ def bad_input_outcomes(tmp_path_factory):
   return {flag: outcome for (flag, _), outcome in zip(BAD_INPUT, outcomes)}
 
 
+@pytest.mark.slow
 def test_an_error_is_one_line_and_exit_status_1(tmp_path):
   """No absl usage dump above the error, nothing written."""
   result = _train('--local_epochs=1', '--local_steps=2',
                   f'--workdir={tmp_path / "run"}')
   assert result.returncode == 1
-  assert result.stderr.strip().splitlines() == [
-      'error: Set --local_epochs or --local_steps, not both.']
+  (line,) = result.stderr.strip().splitlines()
+  assert line.startswith('error: ') and '--local_epochs' in line
+  assert line.endswith('local_steps, not both.')
   assert not os.path.exists(tmp_path / 'run')
 
 
@@ -161,14 +166,20 @@ def _drive(cases: list[list[str]]) -> tuple[list[dict], str]:
   return json.loads(result.stdout.strip().splitlines()[-1]), result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('flag, message', BAD_INPUT)
 def test_bad_input_is_a_clear_error(bad_input_outcomes, flag, message):
+  """The error says `message`, or each of a tuple of fragments (a flag
+  and what is wrong with it)."""
   outcome = bad_input_outcomes[flag]
   assert 'traceback' not in outcome, outcome.get('traceback')
-  assert outcome['exit'] is not None and message in outcome['exit']
+  fragments = (message,) if isinstance(message, str) else message
+  assert outcome['exit'] is not None
+  assert all(f in outcome['exit'] for f in fragments), outcome['exit']
   assert not outcome['wrote'], 'a refused run must leave no workdir behind'
 
 
+@pytest.mark.slow
 def test_a_workdir_resumes_only_its_own_configuration(tmp_path):
   """flags.json records the flags; a re-run that changes one is refused
   before any work, a safe change passes with --allow_config_change; a
@@ -218,6 +229,7 @@ def test_a_workdir_resumes_only_its_own_configuration(tmp_path):
   assert record['flags']['num_rounds'] == 5
 
 
+@pytest.mark.slow
 def test_every_algorithm_runs_from_the_command_line(tmp_path):
   """One process trains each of the 19 algorithms for a round, with its own
   hyperparameters passed through --hparams (qualified by name)."""
@@ -237,6 +249,7 @@ def test_every_algorithm_runs_from_the_command_line(tmp_path):
       assert json.load(f)['rounds'] == 1
 
 
+@pytest.mark.slow
 def test_a_diverging_algorithm_does_not_stop_the_comparison(tmp_path):
   """FedProx with mu * lr = 50 diverges; FedAvg still runs and the table
   says which diverged and when; the exit status reports the failure."""
@@ -251,6 +264,7 @@ def test_a_diverging_algorithm_does_not_stop_the_comparison(tmp_path):
   assert 'Traceback' not in result.stderr
 
 
+@pytest.mark.slow
 def test_cifar10_under_tfds_mock_data_end_to_end(tmp_path):
   """The TFDS path as a user runs it, on mock CIFAR-10: pathological split,
   augmentation, per-client test rows; the partition files are written."""
@@ -291,6 +305,7 @@ def test_cifar10_under_tfds_mock_data_end_to_end(tmp_path):
     assert 0 <= r['local_test_accuracy_p10'] <= r['local_test_accuracy_mean']
 
 
+@pytest.mark.slow
 def test_dp_fedavg_over_secure_aggregation_reports_epsilon(tmp_path):
   result = _train(*SMALL, '--algorithm=fedavg', '--dp_clip_norm=0.5',
                   '--dp_noise_multiplier=1.0', '--dp_sampling=poisson',
@@ -311,6 +326,7 @@ def test_dp_fedavg_over_secure_aggregation_reports_epsilon(tmp_path):
   assert 'epsilon' in table and f'{epsilons[-1]:.3g}' in table
 
 
+@pytest.mark.slow
 def test_robust_aggregation_under_attack_with_compression(tmp_path):
   result = _train(*SMALL, '--algorithm=fedavg', '--clients_per_round=5',
                   '--aggregator=multi_krum', '--nnm', '--attack=alie',
@@ -337,6 +353,7 @@ def _records(path):
             for line in f]
 
 
+@pytest.mark.slow
 def test_num_seeds_runs_each_seed_as_its_single_run(tmp_path):
   both = _train(*SMALL, '--algorithm=fedprox', '--seed=3', '--num_seeds=2',
                 f'--workdir={tmp_path / "both"}')
@@ -358,6 +375,7 @@ def test_num_seeds_runs_each_seed_as_its_single_run(tmp_path):
           'seeds') in both.stdout
 
 
+@pytest.mark.slow
 def test_vmapped_learning_rates_write_a_directory_per_value(tmp_path):
   result = _train(*SMALL, '--algorithm=fedavg',
                   '--vmapped_hparam=client_lr=0.01:0.2',
@@ -380,6 +398,7 @@ def _pretrain(*flags):
                         timeout=300)
 
 
+@pytest.mark.slow
 def test_pretrain_then_fine_tune_with_lora(tmp_path):
   """scripts.pretrain trains (and resumes) a transformer on one half of
   pydoc_topics; fedlora and ffa_lora fine-tune it on the other half's

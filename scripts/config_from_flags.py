@@ -1,0 +1,282 @@
+"""The engine's configuration as the command-line flags ask for it.
+
+Reads the parsed flags of `scripts.flags` and builds what the engine takes:
+the `SimulationConfig` with its privacy, robustness and compression
+settings, the algorithm, the dataset and the device mesh. It raises
+ValueError (naming the flag) where the flags contradict each other.
+
+Examples:
+  >>> config = config_from_flags.simulation_config(seed=0, workdir=None,
+  ...                                              progress=False)
+  >>> algorithm = config_from_flags.build_algorithm('fedavg', model.apply,
+  ...                                               num_clients=20)
+"""
+
+import functools
+
+from absl import flags
+import jax
+
+import algorithms
+import fedjax_core
+from fedjax_core.channel import aggregation
+from fedjax_core.channel import attacks
+from fedjax_core.channel import privacy
+from fedjax_core.channel import rqm
+from fedjax_core.channel import uplink
+from fedjax_core.data import datasets
+from fedjax_core.data import partition
+from fedjax_core.engine import placement
+from fedjax_core.engine import simulation
+from fedjax_core.toolkit import dp_sgd
+from fedjax_core.toolkit import lora
+from scripts import flags as script_flags
+
+
+def placement_settings() -> dict:
+  """The `SimulationConfig` fields of the placement flags."""
+  return dict(loop=script_flags.LOOP.value,
+              clients_in_parallel=script_flags.CLIENTS_IN_PARALLEL.value,
+              state_store=script_flags.STATE_STORE.value)
+
+
+@functools.cache
+def mesh() -> jax.sharding.Mesh:
+  """The device mesh of --mesh_shape; raises ValueError on a bad one."""
+  return placement.build_mesh(script_flags.MESH_SHAPE.value)
+
+
+def participation() -> str:
+  """--participation, as --dp_sampling may set it."""
+  sampling = script_flags.DP_SAMPLING.value
+  chosen = script_flags.PARTICIPATION.value
+  if sampling is None:
+    return chosen
+  implied = 'bernoulli' if sampling == 'poisson' else 'fixed'
+  if flags.FLAGS['participation'].present and chosen != implied:
+    raise ValueError(f'--dp_sampling={sampling} needs '
+                     f'--participation={implied}, got '
+                     f'--participation={chosen}.')
+  return implied
+
+
+def privacy_settings() -> dict:
+  """The SimulationConfig fields of secure aggregation, DP and RQM."""
+  settings = {}
+  if script_flags.AGGREGATOR.value == 'secure':
+    settings['secure_aggregation'] = aggregation.SecureAggregation(
+        bits=script_flags.SECAGG_BITS.value,
+        clip=script_flags.SECAGG_CLIP.value,
+        scale=script_flags.SECAGG_SCALE.value,
+        dropout_fraction=script_flags.SECAGG_DROPOUT_FRACTION.value,
+        threshold=script_flags.SECAGG_THRESHOLD.value)
+  if script_flags.DP_CLIP_NORM.value is not None:
+    settings['client_dp'] = privacy.ClientDPSettings(
+        clip_norm=script_flags.DP_CLIP_NORM.value,
+        noise_multiplier=script_flags.DP_NOISE_MULTIPLIER.value,
+        delta=script_flags.DP_DELTA.value,
+        target_epsilon=script_flags.DP_TARGET_EPSILON.value,
+        accountant=script_flags.DP_ACCOUNTANT.value,
+        per_layer=script_flags.DP_PER_LAYER_CLIP.value,
+        target_quantile=script_flags.DP_TARGET_QUANTILE.value,
+        clip_learning_rate=script_flags.DP_CLIP_LEARNING_RATE.value,
+        count_stddev=script_flags.DP_COUNT_STDDEV.value)
+  if script_flags.RQM_CLIP.value is not None:
+    extension = script_flags.RQM_EXTENSION.value
+    settings['rqm'] = rqm.RQMSettings(
+        clip=script_flags.RQM_CLIP.value,
+        num_levels=script_flags.RQM_LEVELS.value,
+        keep_probability=script_flags.RQM_KEEP_PROBABILITY.value,
+        extension=script_flags.RQM_CLIP.value if extension is None
+        else extension, delta=script_flags.DP_DELTA.value)
+  if script_flags.DP_SGD_CLIP_NORM.value is not None:
+    settings['sample_dp'] = privacy.SampleDPSettings(
+        script_flags.DP_SGD_NOISE_MULTIPLIER.value,
+        delta=script_flags.DP_DELTA.value,
+        accountant=script_flags.DP_ACCOUNTANT.value)
+  return settings
+
+
+def robust_rule() -> str | None:
+  """The robust rule --aggregator and --nnm ask for, or None."""
+  aggregator = script_flags.AGGREGATOR.value
+  if aggregator in aggregation.ROBUST_RULES:
+    return aggregator
+  if script_flags.NNM.value:
+    if aggregator != 'mean':
+      raise ValueError('--nnm mixes individual updates, which '
+                       '--aggregator=secure hides; drop one of them.')
+    return 'mean'
+  return None
+
+
+def byzantine_settings() -> dict:
+  """The SimulationConfig fields of robust aggregation, attacks and
+  compression."""
+  settings = {}
+  attack = None
+  if script_flags.ATTACK.value != 'none':
+    attack = settings['attack'] = attacks.Attack(
+        script_flags.ATTACK.value,
+        fraction=script_flags.BYZANTINE_FRACTION.value,
+        scale=script_flags.ATTACK_SCALE.value,
+        stddev=script_flags.ATTACK_STDDEV.value,
+        alie_z=script_flags.ALIE_Z.value,
+        ipm_epsilon=script_flags.IPM_EPSILON.value)
+  rule = robust_rule()
+  if rule is not None:
+    f = script_flags.ROBUST_F.value
+    if f is None:
+      f = 1 if attack is None else max(
+          1, attack.num_byzantine(script_flags.CLIENTS_PER_ROUND.value))
+    settings['robust'] = aggregation.RobustAggregation(
+        rule, num_byzantine=f, nnm=script_flags.NNM.value,
+        num_selected=script_flags.KRUM_SELECTED.value,
+        rfa_iters=script_flags.RFA_ITERS.value,
+        rfa_smoothing=script_flags.RFA_SMOOTHING.value,
+        clip_radius=script_flags.CC_RADIUS.value,
+        clip_iters=script_flags.CC_ITERS.value,
+        momentum=script_flags.MONNA_MOMENTUM.value)
+  if script_flags.COMPRESSOR.value != 'none':
+    settings['uplink'] = uplink.Uplink(
+        script_flags.COMPRESSOR.value,
+        fraction=script_flags.COMPRESS_FRACTION.value,
+        levels=script_flags.QSGD_LEVELS.value,
+        num_clusters=script_flags.FEDZIP_CLUSTERS.value)
+    if script_flags.COMPRESS_DOWN.value:
+      settings['downlink'] = settings['uplink']
+  return settings
+
+
+def simulation_config(seed: int, workdir: str | None,
+                      progress: bool) -> simulation.SimulationConfig:
+  """The run's `SimulationConfig`, for seed `seed`."""
+  return simulation.SimulationConfig(
+      num_rounds=script_flags.NUM_ROUNDS.value,
+      clients_per_round=script_flags.CLIENTS_PER_ROUND.value,
+      batch_size=script_flags.BATCH_SIZE.value,
+      local_epochs=script_flags.LOCAL_EPOCHS.value,
+      local_steps=script_flags.LOCAL_STEPS.value, seed=seed,
+      eval_every=script_flags.EVAL_EVERY.value,
+      checkpoint_every=script_flags.CHECKPOINT_EVERY.value,
+      workdir=workdir, progress=progress, **placement_settings(),
+      participation=participation(),
+      size_buckets=script_flags.SIZE_BUCKETS.value,
+      augment=script_flags.AUGMENT.value, **privacy_settings(),
+      **byzantine_settings())
+
+
+def _dp_sgd_config() -> dp_sgd.DPSGDConfig | None:
+  if script_flags.DP_SGD_CLIP_NORM.value is None:
+    return None
+  return dp_sgd.DPSGDConfig(script_flags.DP_SGD_CLIP_NORM.value,
+                            script_flags.DP_SGD_NOISE_MULTIPLIER.value)
+
+
+def _lora_config() -> lora.LoRAConfig:
+  return lora.LoRAConfig(rank=script_flags.LORA_RANK.value,
+                         alpha=script_flags.LORA_ALPHA.value,
+                         targets=script_flags.LORA_TARGETS.value)
+
+
+def build_algorithm(name: str, apply_fn, num_clients: int,
+                    overrides: dict | None = None):
+  """Builds algorithm `name` from the flags; `overrides` replaces the
+  client_lr, server_lr or algorithm hyperparameters they name (numbers, or
+  tracers of a run axis)."""
+  overrides = dict(overrides or {})
+  client_lr = overrides.pop('client_lr', script_flags.CLIENT_LR.value)
+  server_lr = overrides.pop('server_lr', script_flags.SERVER_LR.value)
+  hparams = algorithms.hyperparameters_for(
+      name, algorithms.parse_hyperparameters(script_flags.HPARAMS.value))
+  return algorithms.build_algorithm(
+      name, apply_fn, num_clients=num_clients,
+      client_optimizer=script_flags.CLIENT_OPTIMIZER.value,
+      client_lr=client_lr,
+      client_lr_decay=script_flags.CLIENT_LR_DECAY.value,
+      weight_decay=script_flags.WEIGHT_DECAY.value,
+      max_grad_norm=script_flags.MAX_GRAD_NORM.value,
+      server_optimizer=script_flags.SERVER_OPTIMIZER.value,
+      server_lr=server_lr,
+      server_momentum=script_flags.SERVER_MOMENTUM.value,
+      weighted=script_flags.WEIGHTED.value,
+      hparams={**hparams, **overrides}, dp_sgd=_dp_sgd_config(),
+      lora=_lora_config() if name in algorithms.LORA_ALGORITHMS else None)
+
+
+def vmapped_values(names: list[str]) -> tuple[str | None, list[float]]:
+  """--vmapped_hparam as (name, values); (None, [None]) without it."""
+  text = script_flags.VMAPPED_HPARAM.value
+  if not text:
+    return None, [None]
+  name, sep, listed = text.partition('=')
+  try:
+    values = [float(v) for v in listed.split(':')] if sep else []
+  except ValueError:
+    values = []
+  if not name or len(values) < 1:
+    raise ValueError(f'--vmapped_hparam={text} is not NAME=V1:V2:... '
+                     '(e.g. --vmapped_hparam=client_lr=0.01:0.03:0.1).')
+  for algorithm in names:
+    numbers = [k for k, v in algorithms.hyperparameters(algorithm).items()
+               if isinstance(v, float)]
+    if name not in ('client_lr', 'server_lr', *numbers):
+      raise ValueError(
+          f'--vmapped_hparam: {algorithm} has no scalar hyperparameter '
+          f'{name!r}; valid: {", ".join(["client_lr", "server_lr", *numbers])}'
+          '.')
+  return name, values
+
+
+def _check_hparam_targets(names: list[str]) -> None:
+  """Rejects `ALGORITHM.NAME=VALUE` entries for algorithms not being run."""
+  for key in algorithms.parse_hyperparameters(script_flags.HPARAMS.value):
+    target, dot, _ = key.rpartition('.')
+    if dot and target not in names:
+      raise ValueError(f'--hparams entry {key!r} targets {target!r}, which '
+                       f'is not in --algorithm={",".join(names)}.')
+
+
+def check(names: list[str]) -> None:
+  """Every check of the flags that needs no data, for algorithms `names`;
+  raises ValueError naming the flag (or the engine's `SettingError`).
+  Runs before anything is loaded or written."""
+  for name in names:
+    algorithms.hyperparameters(name)  # An unknown name is an error.
+  _check_hparam_targets(names)
+  script_flags.check_switches()
+  mesh()  # A bad --mesh_shape fails before any data.
+  if script_flags.NUM_SEEDS.value < 1:
+    raise ValueError(f'--num_seeds must be positive, got '
+                     f'{script_flags.NUM_SEEDS.value}.')
+  vmapped_values(names)
+  dataset = script_flags.DATASET.value
+  num_clients = script_flags.NUM_CLIENTS.value
+  if num_clients is not None and num_clients < 1:
+    raise ValueError(f'--num_clients must be positive, got {num_clients}.')
+  scheme = script_flags.PARTITION.value or datasets.default_partition(dataset)
+  if scheme in ('dirichlet', 'dirichlet_equal'):
+    try:
+      partition.check_alpha(script_flags.DIRICHLET_ALPHA.value)
+    except ValueError as e:
+      raise ValueError(f'--dirichlet_alpha: {e}') from None
+  datasets.check_local_test_fraction(script_flags.LOCAL_TEST_FRACTION.value)
+  if num_clients is None:
+    num_clients = datasets.default_num_clients(dataset)
+  simulation_config(script_flags.SEED.value, None, False).validate(
+      num_clients)
+
+
+def load_dataset(seed: int) -> fedjax_core.FederatedDataset:
+  """The dataset the flags describe, partitioned with seed `seed`."""
+  return datasets.load_dataset(
+      script_flags.DATASET.value, num_clients=script_flags.NUM_CLIENTS.value,
+      seed=seed, partition=script_flags.PARTITION.value,
+      dirichlet_alpha=script_flags.DIRICHLET_ALPHA.value,
+      classes_per_client=script_flags.CLASSES_PER_CLIENT.value,
+      size_sigma=script_flags.SIZE_SIGMA.value,
+      local_test_fraction=script_flags.LOCAL_TEST_FRACTION.value,
+      data_dir=script_flags.DATA_DIR.value,
+      synthetic_alpha=script_flags.SYNTHETIC_ALPHA.value,
+      synthetic_beta=script_flags.SYNTHETIC_BETA.value,
+      part=script_flags.DATA_PART.value)
