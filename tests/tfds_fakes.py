@@ -16,7 +16,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import file_adapters
 
-from fedjax_core.datasets import tfds_images
+from fedjax_core.data.datasets import tfds_images
 
 SIZES = {'train': 11, 'test': 6}
 
