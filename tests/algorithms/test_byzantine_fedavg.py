@@ -257,6 +257,7 @@ def test_uncompressed_bytes_are_the_float32_message():
   assert 'byzantine_clients' not in record
 
 
+@pytest.mark.slow
 def test_secure_aggregation_uploads_its_masked_words():
   """8 message words and the weight's word of 16 bits each."""
   record = _simulation(secure_aggregation=aggregation.SecureAggregation(
@@ -265,6 +266,7 @@ def test_secure_aggregation_uploads_its_masked_words():
   assert record['compression_ratio'] == 32 / 18
 
 
+@pytest.mark.slow
 def test_compressed_run_resumes_bit_identically(tmp_path):
   """Both the clients' residuals and the broadcast model resume."""
   settings = dict(uplink=uplink.Uplink('sign'),

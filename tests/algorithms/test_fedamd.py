@@ -115,6 +115,7 @@ def test_all_anchors_keep_x_and_store_full_gradients(clients_per_round):
   assert all(r['anchor_fraction'] == 1.0 for r in sim.history)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('clients_per_round, lr_decay',
                          [(2, 1.0), (1, 1.0), (2, 0.5)])
 def test_miners_after_stored_gradients_match_numpy(clients_per_round,
@@ -144,6 +145,7 @@ def test_miners_after_stored_gradients_match_numpy(clients_per_round,
   assert [r['anchor_fraction'] for r in second.history] == [0.0, 0.0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('clients_per_round', [2, 1])
 def test_random_groups_match_numpy_with_engine_keys(clients_per_round):
   anchor_prob, rounds = 0.8, 4
@@ -171,6 +173,7 @@ def test_random_groups_match_numpy_with_engine_keys(clients_per_round):
   assert not np.allclose(want_x, x0, rtol=1e-3)  # Some miner moved.
 
 
+@pytest.mark.slow
 def test_anchor_gradient_is_example_weighted_over_batches():
   # Batches of 2: client 0 (3 examples) has batches of 2 and 1 per epoch,
   # client 1 one batch of 2 and padding steps. Example weighting gives the

@@ -98,6 +98,7 @@ def test_matches_numpy_restatement(sam, rounds, epochs, lr_decay,
   assert not np.allclose(w, other_w, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('num_steps', [1, 4])
 def test_momentum_divides_by_the_clients_own_step_count(num_steps):
   """Delta's per-client `K_i` is `ClientInfo.num_steps`, not the number of

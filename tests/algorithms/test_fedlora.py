@@ -210,6 +210,7 @@ def test_checkpoints_hold_the_adapters_only(name, tmp_path):
       optax.tree.size(sim.server_state.model.params) + 1)  # + round.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['fedlora', 'ffa_lora'])
 def test_resume_from_adapter_checkpoints_is_bit_identical(name, tmp_path):
   whole = _run_with_workdir(name, tmp_path / 'whole', 4)
@@ -237,6 +238,7 @@ def _output_shapes(jaxpr):
           yield from _output_shapes(inner)
 
 
+@pytest.mark.slow
 def test_the_frozen_base_is_never_copied_per_client():
   """Only the adapted kernel is merged per client; the untargeted layer
   [7, 2] never gets a client axis, even through the step guard that keeps
@@ -261,6 +263,7 @@ def test_the_frozen_base_is_never_copied_per_client():
   assert (2, 7, 2) not in shapes
 
 
+@pytest.mark.slow
 def test_ffa_lora_composes_with_secure_aggregation():
   """Secure aggregation's masked fixed-point sum gives plain FFA-LoRA's
   adapters to its quantization step."""
@@ -299,6 +302,7 @@ def test_fedlora_composes_with_client_level_dp():
   assert summary['epsilon'] == float('inf')
 
 
+@pytest.mark.slow
 def test_ffa_lora_fine_tunes_the_vit_attention_only():
   """On the ViT, only the query and value kernels of each block change."""
   rng = np.random.default_rng(0)
@@ -333,6 +337,7 @@ def _leaf(tree, path):
   return tree
 
 
+@pytest.mark.slow
 def test_ffa_lora_composes_with_dp_sgd():
   """Local DP-SGD (noise 0, an active clip) on B against numpy: each
   example's gradient of B, s G_e^T A^T with G_e = x_e (p_e - y_e)^T, is

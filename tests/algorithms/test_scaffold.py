@@ -186,6 +186,7 @@ def test_population_100x_the_cohort_keeps_client_state_on_the_host():
       controls.astype(np.float64).mean(axis=0), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('state_store', ['device', 'sharded'])
 def test_device_state_stores_match_the_host_store(state_store):
   """Device-resident and sharded stores hold the population on the device

@@ -162,6 +162,7 @@ def test_secure_aggregation_with_dropouts_averages_the_survivors():
   np.testing.assert_array_equal(out.arrived, arrived)
 
 
+@pytest.mark.slow
 def test_secure_dp_sum_equals_plain_dp_sum_within_quantization():
   messages = _messages(scale=2.0)
   config = dp.DPConfig(clip_norm=1.0, noise_multiplier=0.0,

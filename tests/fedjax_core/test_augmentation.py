@@ -41,6 +41,7 @@ def _unique_images(batch_size, h, w):
   return np.broadcast_to(pixels, (batch_size, h, w, 1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('shape,padding', [((16, 8, 8, 3), 4),
                                            ((16, 7, 9, 2), 2),
                                            ((16, 5, 6, 1), 0),
@@ -54,6 +55,7 @@ def test_matches_numpy(shape, padding):
       np.asarray(got), _np_crop_flip(images, offsets, flips, padding))
 
 
+@pytest.mark.slow
 def test_jit_equals_eager():
   key, images = jax.random.key(7), jnp.asarray(_images((20, 8, 8, 3)))
   jitted = jax.jit(random_crop_flip, static_argnames='padding')
@@ -61,6 +63,7 @@ def test_jit_equals_eager():
                                 np.asarray(random_crop_flip(key, images, 3)))
 
 
+@pytest.mark.slow
 def test_vmap_over_clients_equals_each_client():
   keys = jax.random.split(jax.random.key(1), 4)
   images = jnp.asarray(_images((4, 10, 8, 8, 3)))
@@ -70,6 +73,7 @@ def test_vmap_over_clients_equals_each_client():
                                   np.asarray(random_crop_flip(k, x)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16, jnp.float16])
 def test_shape_and_dtype_kept(dtype):
   images = jnp.ones((5, 8, 6, 3), dtype)
@@ -77,6 +81,7 @@ def test_shape_and_dtype_kept(dtype):
   assert got.shape == images.shape and got.dtype == dtype
 
 
+@pytest.mark.slow
 def test_padding_zero_only_flips():
   key = jax.random.key(5)
   images = _images((64, 6, 6, 2))
@@ -86,12 +91,14 @@ def test_padding_zero_only_flips():
   assert 0 < flipped.sum() < len(images)
 
 
+@pytest.mark.slow
 def test_not_identity():
   images = _images((8, 32, 32, 3))
   got = np.asarray(random_crop_flip(jax.random.key(0), jnp.asarray(images)))
   assert not np.any(np.all(got == images, axis=(1, 2, 3)))
 
 
+@pytest.mark.slow
 def test_flip_rate_and_offset_coverage():
   """Decodes each output's (dy, dx, flip) by matching all candidates."""
   n, h, w, padding = 4000, 5, 5, 2

@@ -131,6 +131,7 @@ def test_two_privacy_accountants_are_refused():
 # --- Compositions --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_dp_brem_momentum_centered_clipping_and_calibrated_noise():
   """DP-BREM (Gu et al. 2023): client momentum, then centered clipping
   with one iteration (centering + DP clipping + sum over the fixed m), two
@@ -182,6 +183,7 @@ def _rqm_settings():
                          extension=0.5, delta=1e-5)
 
 
+@pytest.mark.slow
 def test_rqm_stage_quantizes_each_message_onto_the_levels_unbiasedly():
   settings = _rqm_settings()
   levels = rqm.rqm_levels(clip=1.0, num_levels=5, extension=0.5)
@@ -234,6 +236,7 @@ def test_rqm_accountant_composes_the_rounds_renyi_dp():
   assert 0 < accountant.epsilon(1) < accountant.epsilon(3)
 
 
+@pytest.mark.slow
 def test_compression_under_secure_aggregation():
   """Top-k of each layer (k = ceil(0.5 d): 3 of w's 6, 1 of b's 2), then
   the secure weighted mean of the decoded messages."""

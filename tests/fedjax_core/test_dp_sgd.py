@@ -53,6 +53,7 @@ def test_noiseless_step_is_the_clipped_per_example_mean(clip):
   assert np.isfinite(float(loss))
 
 
+@pytest.mark.slow
 def test_noise_has_std_z_c_over_b():
   """Noise on the summed gradient is N(0, (z C)^2); after dividing by
   B = 4 its std is z C / 4. Over many keys at one coordinate."""

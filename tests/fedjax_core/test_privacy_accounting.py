@@ -74,6 +74,7 @@ def test_no_rounds_spend_nothing_and_no_noise_is_not_private():
   assert acc.epsilon(3) == math.inf
 
 
+@pytest.mark.slow
 def test_calibration_spends_the_target_and_no_less_noise_would_do():
   acc = privacy_accounting.ClientLevelAccounting(
       1.0, num_clients=100, clients_per_round=10, sampling='poisson',

@@ -43,6 +43,7 @@ def _poisson_epsilon(q, z, rounds, delta):
   return accountant.get_epsilon(delta)
 
 
+@pytest.mark.slow
 def test_every_round_reports_the_epsilon_dp_accounting_gives(dataset):
   settings = privacy.ClientDPSettings(clip_norm=0.5, noise_multiplier=1.2,
                                       delta=1e-3)
@@ -55,6 +56,7 @@ def test_every_round_reports_the_epsilon_dp_accounting_gives(dataset):
   assert summary['dp_noise_multiplier'] == 1.2
 
 
+@pytest.mark.slow
 def test_target_epsilon_stops_before_overspending(dataset, tmp_path):
   settings = privacy.ClientDPSettings(clip_norm=0.5, noise_multiplier=1.2,
                                       delta=1e-3, target_epsilon=3.0)
@@ -75,6 +77,7 @@ def test_target_epsilon_stops_before_overspending(dataset, tmp_path):
   assert again.completed_rounds == done and not again.history
 
 
+@pytest.mark.slow
 def test_noise_is_calibrated_to_spend_the_target_in_the_run(dataset):
   settings = privacy.ClientDPSettings(clip_norm=0.5, delta=1e-3,
                                       target_epsilon=2.0)
@@ -86,6 +89,7 @@ def test_noise_is_calibrated_to_spend_the_target_in_the_run(dataset):
   assert sim.completed_rounds == 3
 
 
+@pytest.mark.slow
 def test_adaptive_clip_resumes_bit_identically(dataset, tmp_path):
   settings = privacy.ClientDPSettings(
       clip_norm=1.0, noise_multiplier=0.5, delta=1e-3, target_quantile=0.5,
@@ -108,6 +112,7 @@ def test_adaptive_clip_resumes_bit_identically(dataset, tmp_path):
   assert float(resumed_dp['clip_norm']) == float(straight_dp['clip_norm'])
 
 
+@pytest.mark.slow
 def test_secure_aggregation_trains_as_the_plain_mean_does(dataset):
   plain = _simulation(dataset)
   plain.run()
@@ -121,6 +126,7 @@ def test_secure_aggregation_trains_as_the_plain_mean_does(dataset):
   assert all('secagg_setup_s' in r for r in secure.history)
 
 
+@pytest.mark.slow
 def test_dropped_clients_keep_their_state_and_leave_the_mean(dataset):
   """SCAFFOLD with a quarter of each cohort dropping after masking: the
   dropped clients' control variates stay as they were."""
@@ -150,6 +156,7 @@ def test_too_many_dropouts_is_an_error_not_a_wrong_model(dataset):
   assert error.value.setting == 'secure_aggregation.dropout_fraction'
 
 
+@pytest.mark.slow
 def test_rqm_run_reports_its_epsilon_alone_and_under_secure_aggregation(
     dataset):
   """RQM as a client stage: every round's epsilon is the RDP of that many

@@ -301,6 +301,7 @@ def test_secure_sum_with_corrupted_recovered_seeds_is_wrong(field):
   assert np.mean(np.asarray(got) != np.asarray(want)) > 0.9
 
 
+@pytest.mark.slow
 def test_a_masked_update_looks_uniform():
   """Chi-square over 256 bins: one masked row (8-bit words, and the top 8
   bits of 32-bit words) is uniform; the encoded row it hides is not."""

@@ -103,6 +103,7 @@ def test_zero_gradient_gives_zero_perturbation(adaptive):
     assert np.all(np.asarray(v) == 0)
 
 
+@pytest.mark.slow
 def test_loss_and_grad_fixture_matches_numpy():
   """The numpy gradient below is the one `losses.loss_and_grad` computes."""
   loss, grads = GRAD_FN(MODEL, BATCH)
@@ -151,6 +152,7 @@ def _perturbations():
   }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(_perturbations()))
 def test_jit_matches_eager(name):
   fn = _perturbations()[name]

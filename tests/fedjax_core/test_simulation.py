@@ -77,6 +77,7 @@ def test_bernoulli_participation_compiles_once_and_counts_its_cohort(
   assert sim.round_fn.num_traces == 1
 
 
+@pytest.mark.slow
 def test_size_buckets_bound_compiles_and_leave_the_model_unchanged(dataset):
   """Each round pads to the smallest bucket that fits its largest client;
   the masked steps are no-ops, so the model equals the one-bucket run's."""
@@ -124,6 +125,7 @@ def test_local_test_metrics_match_numpy():
       'local_test_accuracy_p10']
 
 
+@pytest.mark.slow
 def test_uint8_images_train_as_their_float_values(dataset):
   """uint8 pixels p train exactly like float inputs p / 255."""
   pixels = np.round(dataset.train_x * 255).astype(np.uint8)
@@ -138,6 +140,7 @@ def test_uint8_images_train_as_their_float_values(dataset):
   np.testing.assert_allclose(runs[0], runs[1], rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_augmentation_is_seeded_and_changes_training(dataset):
   def final(augment, seed=0):
     sim = _simulation(dataset, algorithm='fedavg', num_rounds=2,
@@ -166,6 +169,7 @@ def uninterrupted(dataset, tmp_path_factory):
       summary
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('error, resumes_from', [
     (KeyboardInterrupt(), 3),        # Ctrl-C saves the state it has.
     (RuntimeError('killed'), 2),     # A crash leaves the periodic checkpoint.
@@ -196,6 +200,7 @@ def test_resumed_run_is_bit_identical(dataset, tmp_path, uninterrupted,
   assert summary['final_test_accuracy'] == want_summary['final_test_accuracy']
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_run_trains_nothing(dataset, tmp_path):
   workdir = str(tmp_path)
   _simulation(dataset, workdir).run()
@@ -284,6 +289,7 @@ def test_summary_file_is_written(dataset, tmp_path):
   assert 0.0 <= summary['final_test_accuracy'] <= 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('model_name, shape, want', [
     ('mlp', (8, 8, 1), ('scan', None)),
     ('cnn', (8, 8, 1), ('unroll', 1)),
@@ -298,6 +304,7 @@ def test_auto_loop_runs_convolutions_one_client_at_a_time_unrolled_on_cpu(
   assert resolve_loop('scan', None, model.apply, params, shape)[0] == 'scan'
 
 
+@pytest.mark.slow
 def test_interrupt_during_evaluation_keeps_the_round_in_the_log(dataset,
                                                                 tmp_path):
   workdir = str(tmp_path)
@@ -350,6 +357,7 @@ def _assert_uninterrupted_metrics(workdir, uninterrupted):
     assert got.get('test_accuracy') == want.get('test_accuracy')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('damage', checkpoint_damage.DAMAGES,
                          ids=lambda f: f.__name__)
 def test_resume_falls_back_past_a_damaged_checkpoint(
@@ -382,6 +390,7 @@ def test_resume_falls_back_past_a_damaged_checkpoint(
   assert int(server.round_num) == 4
 
 
+@pytest.mark.slow
 def test_resume_without_a_readable_checkpoint_starts_clean(
     dataset, tmp_path, capsys, crashed_in_round_5, uninterrupted):
   workdir, checkpoints = _copy(crashed_in_round_5, tmp_path)

@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 import algorithms
 import checkpoint_damage
 from fedjax_core import Run, Simulation, SimulationConfig, VmappedRuns
@@ -29,6 +31,7 @@ def _metrics(workdir):
           for seed in (0, 1)]
 
 
+@pytest.mark.slow
 def test_group_falls_back_past_a_damaged_checkpoint(tmp_path, capsys):
   dataset = load_dataset('digits', num_clients=8, seed=0)
   workdir = str(tmp_path)

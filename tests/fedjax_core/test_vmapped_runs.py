@@ -84,6 +84,7 @@ def _assert_equal_runs(single, group, k, exact=True):
     assert got == pytest.approx(want, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_two_seeds_equal_their_single_runs_in_one_compile(datasets):
   # Augmentation draws from each round's key, so the keys must match too.
   singles = [_simulation(datasets[s], s, augment=True) for s in (0, 1)]
@@ -108,6 +109,7 @@ def test_two_seeds_equal_their_single_runs_in_one_compile(datasets):
                             _flat(group.runs[1].simulation.store.stacked))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name, hparam, values', [
     ('fedavg', 'client_lr', (0.02, 0.2)),
     ('fedsam', 'rho', (0.01, 0.2)),
@@ -148,6 +150,7 @@ def _group(datasets, workdir, seeds=(0, 1)):
   return VmappedRuns(runs, workdir=workdir, progress=False)
 
 
+@pytest.mark.slow
 def test_interrupted_group_resumes_bit_identically(datasets, tmp_path):
   straight = _group(datasets, str(tmp_path / 'straight'))
   straight.run()
@@ -174,6 +177,7 @@ def test_interrupted_group_resumes_bit_identically(datasets, tmp_path):
     _group(datasets, workdir, seeds=(1, 0)).run()
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_alone_and_stays_stopped_on_resume(
     datasets, capsys, tmp_path):
   dataset = datasets[0]

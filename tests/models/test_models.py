@@ -111,6 +111,7 @@ def test_cnn_rejects_flat_inputs():
     get_model('cnn', (60,), 10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name,shape', [
     ('logreg', (8, 8, 1)), ('mlp', (8, 8, 1)), ('cnn', (8, 8, 1)),
     ('cnn', (32, 32, 3))])

@@ -147,6 +147,7 @@ def test_every_norm_is_groupnorm_without_batch_stats():
   assert {(m.num_groups, m.epsilon) for m in norms} == {(2, 1e-5)}
 
 
+@pytest.mark.slow
 def test_logits_do_not_depend_on_the_batch():
   # GroupNorm uses no batch statistics: an example's logits are the same
   # alone or in a batch. 8x8 images (the CIFAR params fit any 3-channel
@@ -159,6 +160,7 @@ def test_logits_do_not_depend_on_the_batch():
   assert not np.allclose(batch[0], batch[1])
 
 
+@pytest.mark.slow
 def test_vmapped_sgd_step_lowers_each_clients_loss():
   # Two clients, each with its own params and batch, trained in lockstep
   # under vmap, as the simulator trains a cohort.

@@ -123,6 +123,7 @@ def test_too_long_window_and_bad_heads_raise():
     jax.eval_shape(block.init, jax.random.PRNGKey(0), jnp.zeros((1, 2, 16)))
 
 
+@pytest.mark.slow
 def test_float_and_int_tokens_give_same_logits():
   _, params, apply = _tiny('transformer')
   tokens = np.random.default_rng(1).integers(0, _VOCAB, (3, _LENGTH))
@@ -243,6 +244,7 @@ def _train(name, x, y, steps, learning_rate):
   return losses[0], losses[-1]
 
 
+@pytest.mark.slow
 def test_transformer_learns_a_repeating_sequence():
   offsets = np.arange(_VOCAB)[:, None]
   x = (offsets + np.arange(_LENGTH)) % _VOCAB
@@ -252,6 +254,7 @@ def test_transformer_learns_a_repeating_sequence():
   assert after < 0.1 * before, (before, after)
 
 
+@pytest.mark.slow
 def test_vit_learns_two_image_classes():
   rng = np.random.default_rng(0)
   y = np.arange(16) % 2
