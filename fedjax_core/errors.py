@@ -21,3 +21,6 @@ class SettingError(ValueError):
   def __init__(self, setting: str, message: str):
     super().__init__(message)
     self.setting = setting
+
+  def __reduce__(self):  # Picklable across processes despite two arguments.
+    return type(self), (self.setting, str(self))
