@@ -22,7 +22,6 @@ from fedjax_core.channel import aggregation
 from fedjax_core.channel import attacks
 from fedjax_core.data import augmentation
 from fedjax_core.engine import batching
-from fedjax_core.channel import downlink
 from fedjax_core.engine import driver
 from fedjax_core.engine import placement
 from fedjax_core.channel import privacy
