@@ -1,0 +1,197 @@
+"""How a run proceeds: `SimulationConfig`, its data-free validation, and
+the loop strategy 'auto' stands for on this backend."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from fedjax_core.channel import aggregation
+from fedjax_core.channel import assembly
+from fedjax_core.channel import attacks
+from fedjax_core.channel import privacy
+from fedjax_core.channel import rqm as rqm_lib
+from fedjax_core.channel import uplink as uplink_lib
+from fedjax_core.errors import SettingError
+
+LOOPS = ('auto', 'scan', 'unroll')
+STATE_STORES = ('auto', 'device', 'host', 'sharded')
+PARTICIPATIONS = ('fixed', 'bernoulli')
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulationConfig:
+  """How a run proceeds.
+
+  Attributes:
+    num_rounds: rounds to run in total (a resumed run continues up to it).
+    clients_per_round: cohort size; under Bernoulli participation, the
+      expected cohort size.
+    participation: 'fixed' samples `clients_per_round` clients without
+      replacement; 'bernoulli' lets each client take part independently with
+      probability `clients_per_round / num_clients` (FL-Simulator's
+      `active_ratio`).
+    batch_size: local batch size.
+    local_epochs: passes over each client's data per round; exclusive with
+      `local_steps`. With neither set, clients run one local epoch.
+    local_steps: fixed local steps per round; exclusive with `local_epochs`.
+    seed: seeds model init, sampling, shuffling and every PRNG key.
+    eval_every: evaluate on the test split every this many rounds (and after
+      the last round); 0 evaluates only after the last round.
+    checkpoint_every: checkpoint every this many rounds (and after the last).
+    workdir: where metrics, checkpoints and the summary go; None keeps
+      nothing on disk.
+    loop: 'scan' (a rolled loop over local steps, and `lax.map` over client
+      chunks), 'unroll' (both as straight-line code), or 'auto' (unroll
+      convolutional models on CPU, where XLA runs convolutions inside loops
+      slowly; scan otherwise).
+    clients_in_parallel: clients each device trains in lockstep (vmapped);
+      a device's other clients follow chunk by chunk. None: 'auto', which
+      is 1 for convolutional models on CPU (XLA:CPU runs per-client
+      convolutions vmapped slowly) and the whole cohort otherwise.
+    state_store: where the population's client state lives: 'host' (numpy,
+      the cohort's rows copied in and out each round), 'device' (every
+      device holds it whole), 'sharded' (split over the mesh's 'clients'
+      axis) or 'auto' (`state_store.resolve_state_store`).
+    eval_batch_size: batch size of evaluation.
+    progress: show a progress bar.
+    size_buckets: the most local-step counts a run compiles for: each round
+      is padded to the smallest bucket that fits its cohort's largest client
+      (`batching.step_buckets`); 1 pads every round to the largest client.
+    augment: random crop (padding H // 8) and horizontal flip of every local
+      batch inside the compiled round (the CIFAR recipe of FL-Simulator).
+    secure_aggregation: aggregate through secure aggregation's masked
+      modular sum (Bonawitz et al. 2017); None sums in the clear.
+    client_dp: client-level DP-FedAvg (clipping, noise, fixed denominator,
+      accounting); the sampling is Poisson under Bernoulli participation
+      and fixed-size otherwise. None: no client-level DP.
+    sample_dp: how to account the clients' DP-SGD, if the algorithm runs it
+      (`algorithms.fedavg(..., dp_sgd=...)`); reported as `sample_epsilon`
+      on evaluated rounds.
+    robust: a Byzantine-robust aggregation rule instead of the mean; None:
+      the mean (or secure aggregation).
+    attack: Byzantine clients and their attack; None: all honest.
+    uplink: compression of the clients' messages; None sends them as
+      float32. MoNNA's client momentum is added by `robust`.
+    downlink: compression of the model broadcast (`fedjax_core.channel.downlink`);
+      None broadcasts the float32 model.
+    rqm: randomized quantization of every client's message
+      (`fedjax_core.channel.rqm`, Youn et al. 2023), with its privacy reported as
+      `epsilon`; None: no RQM.
+  """
+
+  num_rounds: int
+  clients_per_round: int
+  batch_size: int
+  local_epochs: int | None = None
+  local_steps: int | None = None
+  seed: int = 0
+  eval_every: int = 1
+  checkpoint_every: int = 10
+  workdir: str | None = None
+  loop: str = 'auto'
+  clients_in_parallel: int | None = None
+  state_store: str = 'auto'
+  eval_batch_size: int = 1024
+  progress: bool = True
+  participation: str = 'fixed'
+  size_buckets: int = 4
+  augment: bool = False
+  secure_aggregation: aggregation.SecureAggregation | None = None
+  client_dp: privacy.ClientDPSettings | None = None
+  sample_dp: privacy.SampleDPSettings | None = None
+  robust: aggregation.RobustAggregation | None = None
+  attack: attacks.Attack | None = None
+  uplink: uplink_lib.Uplink | None = None
+  downlink: uplink_lib.Uplink | None = None
+  rqm: rqm_lib.RQMSettings | None = None
+
+  def validate(self, num_clients: int | None = None) -> None:
+    """Raises `SettingError` naming the first bad setting and its fix;
+    checks the cohort against the population only if `num_clients` is
+    given."""
+    positive = {'num_rounds': self.num_rounds,
+                'clients_per_round': self.clients_per_round,
+                'batch_size': self.batch_size,
+                'checkpoint_every': self.checkpoint_every,
+                'eval_batch_size': self.eval_batch_size,
+                'size_buckets': self.size_buckets}
+    for name in ('local_epochs', 'local_steps'):
+      if getattr(self, name) is not None:
+        positive[name] = getattr(self, name)
+    for name, value in positive.items():
+      if value < 1:
+        raise SettingError(name, f'{name} must be positive, got {value}.')
+    if self.local_epochs is not None and self.local_steps is not None:
+      raise SettingError('local_epochs', 'Set local_epochs or local_steps, '
+                         'not both.')
+    if num_clients is not None and self.clients_per_round > num_clients:
+      raise SettingError(
+          'clients_per_round',
+          f'clients_per_round={self.clients_per_round} exceeds the '
+          f'population of {num_clients} clients; lower it or use a larger '
+          'population.')
+    if self.eval_every < 0:
+      raise SettingError('eval_every', 'eval_every must be >= 0 (0 '
+                         'evaluates only after the last round), got '
+                         f'{self.eval_every}.')
+    if self.loop not in LOOPS:
+      raise SettingError('loop', f'Unknown loop {self.loop!r}; valid: '
+                         f'{", ".join(LOOPS)}.')
+    if self.state_store not in STATE_STORES:
+      raise SettingError('state_store', 'Unknown state_store '
+                         f'{self.state_store!r}; valid: '
+                         f'{", ".join(STATE_STORES)}.')
+    if self.participation not in PARTICIPATIONS:
+      raise SettingError('participation', 'Unknown participation '
+                         f'{self.participation!r}; valid: '
+                         f'{", ".join(PARTICIPATIONS)}.')
+    if self.clients_in_parallel is not None and self.clients_in_parallel < 1:
+      raise SettingError('clients_in_parallel', 'clients_in_parallel must be '
+                         'positive (or None for auto), got '
+                         f'{self.clients_in_parallel}.')
+    if self.robust is not None:
+      self.robust.check_cohort(self.clients_per_round)
+    if self.secure_aggregation is not None and self.participation == 'fixed':
+      self.secure_aggregation.check_cohort(self.clients_per_round)
+    if self.downlink is not None and self.downlink.momentum is not None:
+      raise ValueError('The broadcast has no momentum; build the downlink '
+                       'as Uplink(compressor, ...) without momentum.')
+    if self.robust is not None and self.secure_aggregation is not None:
+      raise SettingError(
+          'robust', 'A robust rule needs every client\'s message in the '
+          'clear, which secure aggregation hides; drop one of them.')
+    assembly.check_robust_dp(
+        self.robust,
+        None if self.client_dp is None else self.client_dp.clip_norm)
+    if self.rqm is not None and self.client_dp is not None:
+      raise SettingError(
+          'rqm', 'RQM and Gaussian client-level DP each account their own '
+          'privacy; their composition is not accounted here. Drop one.')
+
+
+def resolve_loop(loop: str, clients_in_parallel: int | None, apply_fn,
+                 params, example_shape: tuple[int, ...]
+                 ) -> tuple[str, int | None]:
+  """The loop strategy and clients in lockstep per device that 'auto' (and
+  `clients_in_parallel=None`) stand for with this model and backend.
+
+  On GPU and TPU: a rolled `lax.scan` with the whole cohort vmapped. On
+  XLA:CPU the same for dense models, which run as fast rolled and compile
+  several times faster (BUILD_NOTES.md); but for models with convolutions,
+  which XLA:CPU runs about 25x slower inside loops (jax-ml/jax#12868) and
+  several times slower vmapped with per-client weights (8.7 s against
+  1.2 s for a CIFAR CNN's cohort of 10, BUILD_NOTES.md),
+  each device trains its clients one at a time, every local step
+  unrolled.
+  """
+  convolutional = False
+  if jax.default_backend() == 'cpu':
+    x = jax.ShapeDtypeStruct((1,) + tuple(example_shape), jnp.float32)
+    jaxpr = jax.make_jaxpr(apply_fn)(params, x)
+    convolutional = 'conv_general_dilated' in str(jaxpr)
+  if loop == 'auto':
+    loop = 'unroll' if convolutional else 'scan'
+  if clients_in_parallel is None and convolutional:
+    clients_in_parallel = 1
+  return loop, clients_in_parallel
