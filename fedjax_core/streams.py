@@ -11,6 +11,7 @@ Changing a tag changes every result that draws from it.
 AGGREGATION = 0x7fffffff   # the reduction and client-level DP
 ATTACK = 0x7ffffffe        # who is Byzantine, and their messages
 DOWNLINK = 0x7ffffffd      # the broadcast's compression
+GOSSIP = 0x7ffffffc        # decentralized rounds: failures, peers, attacks
 
 # Folded into the AGGREGATION key.
 SECURE_SUM = 0             # secure aggregation's masks
@@ -20,6 +21,11 @@ DP_COUNT = 2               # adaptive clipping's noisy unclipped count
 # Folded into the ATTACK key.
 BYZANTINE_MASK = 0
 MODEL_ATTACK = 1
+
+# Folded into the GOSSIP key.
+NODE_FAILURE = 0
+LINK_FAILURE = 1           # the topology's links and time-varying peers
+PEER_ATTACK = 2            # Byzantine nodes' per-edge messages
 
 # Folded into a client's key for the round.
 COMPRESSION = 0x636f6d70   # the uplink compressor's randomness
@@ -32,3 +38,7 @@ SECAGG_PROTOCOL = 0x5ec    # secure aggregation's pair seeds and dropouts
 # Folded into secure aggregation's key.
 SECAGG_PAIR_MASK = 0x9a17
 SECAGG_SELF_MASK = 0x5e1f
+# Host-side numpy streams of a run, `default_rng((seed, TAG))`.
+EVAL_NODES = 0xe7a1        # which nodes a decentralized run evaluates
+# Folded into the root key `key(seed)`.
+BYZANTINE_NODES = 0xb72    # which nodes of a decentralized run are Byzantine
