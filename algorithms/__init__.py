@@ -6,6 +6,7 @@ fedspeed`); `algorithms.registry.FACTORIES` lists them.
 
 from algorithms import registry as _registry
 from algorithms.registry import ALGORITHM_NAMES
+from algorithms.registry import DECENTRALIZED_ALGORITHMS
 from algorithms.registry import LORA_ALGORITHMS
 from algorithms.registry import build_algorithm
 from algorithms.registry import hyperparameters
@@ -16,6 +17,7 @@ globals().update(_registry.FACTORIES)
 
 __all__ = (
     'ALGORITHM_NAMES',
+    'DECENTRALIZED_ALGORITHMS',
     'LORA_ALGORITHMS',
     'build_algorithm',
     'hyperparameters',

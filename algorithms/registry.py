@@ -9,7 +9,10 @@ Three families:
   SGD with learning rate 1, the papers' server);
 - parameter-efficient fine-tuning (fedlora, ffa_lora): LoRA adapters of a
   frozen base, any client and server optimizer (default SGD with learning
-  rate 1), configured by a `LoRAConfig`.
+  rate 1), configured by a `LoRAConfig`;
+- decentralized learning (dpsgd, dfedavg, dfedavgm, dfedsam, gt_dsgd):
+  node algorithms with local SGD and no server, run by
+  `fedjax_core.DecentralizedSimulation` over a graph.
 An algorithm's own hyperparameters are the keyword arguments of its factory;
 `hyperparameters(name)` lists them with their defaults.
 """
@@ -17,6 +20,10 @@ An algorithm's own hyperparameters are the keyword arguments of its factory;
 import inspect
 from typing import Any, Callable, NamedTuple
 
+from algorithms.decentralized import dfedavg
+from algorithms.decentralized import dfedavgm
+from algorithms.decentralized import dfedsam
+from algorithms.decentralized import dpsgd
 from algorithms.fedamd import fedamd
 from algorithms.fedavg import fedavg
 from algorithms.fedcm import fedcm
@@ -28,6 +35,7 @@ from algorithms.fedprox import fedprox
 from algorithms.fedsam import fedasam
 from algorithms.fedsam import fedsam
 from algorithms.fedsmoo import fedsmoo
+from algorithms.gradient_tracking import gradient_tracking
 from algorithms.fedspeed import fedspeed
 from algorithms.scaffold import fedgamma
 from algorithms.scaffold import scaffold
@@ -78,13 +86,23 @@ _LORA_FAMILY: dict[str, Callable[..., Algorithm]] = {
     'fedlora': fedlora,
     'ffa_lora': ffa_lora,
 }
+# Node factories `(apply_fn, local_sgd, **hyperparameters) -> Algorithm`.
+_DECENTRALIZED_FAMILY: dict[str, Callable[..., Algorithm]] = {
+    'dpsgd': dpsgd,
+    'dfedavg': dfedavg,
+    'dfedavgm': dfedavgm,
+    'dfedsam': dfedsam,
+    'gt_dsgd': gradient_tracking,
+}
 LORA_ALGORITHMS = tuple(sorted(_LORA_FAMILY))
+DECENTRALIZED_ALGORITHMS = tuple(sorted(_DECENTRALIZED_FAMILY))
 ALGORITHM_NAMES = tuple(sorted({**_FEDAVG_FAMILY, **_LOCAL_SGD_FAMILY,
-                                **_LORA_FAMILY}))
+                                **_LORA_FAMILY, **_DECENTRALIZED_FAMILY}))
 # Every factory by its name, re-exported by `algorithms/__init__.py`, so a
 # new algorithm is its module, its entry above and its test.
 FACTORIES: dict[str, Callable[..., Algorithm]] = {
-    'fedavg': fedavg, **_LOCAL_SGD_FAMILY, **_LORA_FAMILY}
+    'fedavg': fedavg, **_LOCAL_SGD_FAMILY, **_LORA_FAMILY,
+    **_DECENTRALIZED_FAMILY}
 _ENGINE_ARGUMENTS = ('num_clients',)
 
 
@@ -104,7 +122,8 @@ def hyperparameters(name: str) -> dict[str, Any]:
   _check_name(name)
   if name in _FEDAVG_FAMILY or name in _LORA_FAMILY:
     return {}
-  signature = inspect.signature(_LOCAL_SGD_FAMILY[name])
+  signature = inspect.signature(
+      {**_LOCAL_SGD_FAMILY, **_DECENTRALIZED_FAMILY}[name])
   return {p.name: p.default for p in signature.parameters.values()
           if p.kind is p.KEYWORD_ONLY and p.name not in _ENGINE_ARGUMENTS}
 
@@ -169,6 +188,31 @@ def _checked_hyperparameters(name: str, given: dict[str, Any]
   return checked
 
 
+def _check_plain_sgd(name: str, client_optimizer: str) -> None:
+  if client_optimizer != 'sgd':
+    raise SettingError(
+        'client_optimizer',
+        f'{name} runs plain local SGD, as its paper states it; '
+        f'client_optimizer {client_optimizer!r} applies to the FedAvg family '
+        "only. Use client_optimizer 'sgd'.")
+
+
+def _check_no_server(name: str, server_optimizer: str | None,
+                     server_lr: float | None, weighted: bool | None,
+                     dp_sgd: DPSGDConfig | None,
+                     lora: LoRAConfig | None) -> None:
+  """Refuses the server's and the FedAvg family's settings for a
+  decentralized algorithm, which has neither."""
+  given = {'server_optimizer': server_optimizer, 'server_lr': server_lr,
+           'weighted': weighted, 'dp_sgd': dp_sgd, 'lora': lora}
+  for setting, value in given.items():
+    if value is not None:
+      raise SettingError(
+          setting, f'{name} is decentralized: its nodes have no server and '
+          f'average their neighbours by the gossip weights, so {setting} '
+          'does not apply. Drop it.')
+
+
 def build_algorithm(name: str, apply_fn: Callable[[PyTree, Any], Any], *,
                     num_clients: int, client_optimizer: str = 'sgd',
                     client_lr: float = 0.1, client_lr_decay: float = 1.0,
@@ -218,6 +262,10 @@ def build_algorithm(name: str, apply_fn: Callable[[PyTree, Any], Any], *,
   checked = _checked_hyperparameters(name, hparams or {})
   local_sgd = LocalSGD(client_lr, lr_decay=client_lr_decay,
                        weight_decay=weight_decay, max_grad_norm=max_grad_norm)
+  if name in _DECENTRALIZED_FAMILY:
+    _check_no_server(name, server_optimizer, server_lr, weighted, dp_sgd,
+                     lora)
+    _check_plain_sgd(name, client_optimizer)
   if server_optimizer is None:
     server_optimizer = variant.server_optimizer
   elif (name in _FEDAVG_FAMILY and name != 'fedavg'
@@ -231,6 +279,8 @@ def build_algorithm(name: str, apply_fn: Callable[[PyTree, Any], Any], *,
   server_tx = optimizers.server_optimizer(
       server_optimizer, variant.server_lr if server_lr is None else server_lr,
       momentum=server_momentum)
+  if name in _DECENTRALIZED_FAMILY:
+    return _DECENTRALIZED_FAMILY[name](apply_fn, local_sgd, **checked)
   if lora is not None and name not in _LORA_FAMILY:
     raise SettingError('lora', f'LoRA settings (lora) apply to '
                        f'{", ".join(LORA_ALGORITHMS)}, not {name}; drop them '
@@ -254,12 +304,7 @@ def build_algorithm(name: str, apply_fn: Callable[[PyTree, Any], Any], *,
         'Client-side DP-SGD (dp_sgd) runs in the FedAvg family '
         f'({", ".join(_FEDAVG_FAMILY)}) and in {", ".join(LORA_ALGORITHMS)}, '
         f'not {name}; use one of those or client-level DP (client_dp).')
-  if client_optimizer != 'sgd':
-    raise SettingError(
-        'client_optimizer',
-        f'{name} runs plain local SGD, as its paper states it; '
-        f'client_optimizer {client_optimizer!r} applies to the FedAvg family '
-        "only. Use client_optimizer 'sgd'.")
+  _check_plain_sgd(name, client_optimizer)
   if weighted:
     raise SettingError('weighted', f'{name} averages clients uniformly, as '
                        'its paper does; set weighted to None or False.')

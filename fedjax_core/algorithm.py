@@ -136,6 +136,28 @@ class Algorithm(NamedTuple):
     return (self.full_params or self.server_params)(server_state)
 
 
+class GossipMessage(NamedTuple):
+  """A node's message in decentralized learning (`fedjax_core.engine.
+  decentralized`), where the same `Algorithm` tuple describes a node.
+
+  There, `server_init(params, rng)` is one node's initial state (stacked
+  over the nodes by the engine), `client_init`/`local_step`/`client_final`
+  are the node's local training from its own state (its client state is
+  `()`), and `client_final`'s message is a `GossipMessage`. The engine mixes
+  `sent` with the node's neighbours (one or several gossip steps, robust
+  rules, Byzantine senders) and hands the node
+  `GossipMessage(mixed, kept)` as `server_update`'s aggregated message;
+  `server_params(node_state)` is the node's model.
+
+  Attributes:
+    sent: the pytree the node's neighbours receive and mix.
+    kept: the pytree the node keeps for its own update, never sent.
+  """
+
+  sent: PyTree
+  kept: PyTree
+
+
 @flax.struct.dataclass
 class Frozen:
   """State that no round changes, such as a pre-trained base under LoRA.

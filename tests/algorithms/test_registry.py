@@ -13,6 +13,7 @@ ISSUE_NAMES = ('fedavg', 'fedavgm', 'fedadam', 'fedyogi', 'fedadagrad',
                'fedprox', 'scaffold', 'feddyn', 'fedcm', 'scaffold_m',
                'fedsam', 'fedasam', 'mofedsam', 'fedgamma', 'fedspeed',
                'fedsmoo', 'fedamd', 'fedlora', 'ffa_lora')
+DECENTRALIZED_NAMES = ('dpsgd', 'dfedavg', 'dfedavgm', 'dfedsam', 'gt_dsgd')
 
 
 def _build(name, **kwargs):
@@ -21,12 +22,28 @@ def _build(name, **kwargs):
 
 
 def test_every_name_of_the_command_line_builds():
-  assert set(ISSUE_NAMES) == set(algorithms.ALGORITHM_NAMES)
-  for name in ISSUE_NAMES:
+  assert set(ISSUE_NAMES + DECENTRALIZED_NAMES) == set(
+      algorithms.ALGORITHM_NAMES)
+  assert set(DECENTRALIZED_NAMES) == set(algorithms.DECENTRALIZED_ALGORITHMS)
+  for name in ISSUE_NAMES + DECENTRALIZED_NAMES:
     lora = None
     if name in algorithms.LORA_ALGORITHMS:
       lora = LoRAConfig(targets='Dense_0')
     assert _build(name, lora=lora).server_update is not None
+
+
+@pytest.mark.parametrize('setting, value', [
+    ('server_optimizer', 'adam'), ('server_lr', 0.5), ('weighted', True)])
+def test_decentralized_algorithms_refuse_server_settings(setting, value):
+  with pytest.raises(ValueError, match=f'dfedavg is decentralized.*'
+                     f'{setting} does not apply'):
+    _build('dfedavg', **{setting: value})
+
+
+def test_decentralized_hyperparameters():
+  assert algorithms.hyperparameters('dfedavgm') == {'momentum': 0.9}
+  assert algorithms.hyperparameters('dfedsam') == {'rho': 0.05}
+  assert algorithms.hyperparameters('dpsgd') == {}
 
 
 def test_lora_settings_are_refused_by_other_algorithms():
