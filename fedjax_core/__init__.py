@@ -17,6 +17,7 @@ from fedjax_core.engine.checkpointing import Checkpointer
 from fedjax_core.data.client_indices import ClientIndices
 from fedjax_core.data.federated import CentralDataset
 from fedjax_core.data.federated import FederatedDataset
+from fedjax_core.engine.decentralized import DecentralizedSimulation
 from fedjax_core.engine.evaluation import Evaluator
 from fedjax_core.engine.evaluation import LocalEvaluator
 from fedjax_core.engine.metrics_writer import MetricsWriter
@@ -31,6 +32,7 @@ from fedjax_core.channel.privacy import SampleDPSettings
 from fedjax_core.engine.rounds import CompiledRound
 from fedjax_core.engine.rounds import RoundInputs
 from fedjax_core.data.sampling import sample_clients
+from fedjax_core.engine.config import GossipConfig
 from fedjax_core.engine.simulation import Simulation
 from fedjax_core.engine.simulation import SimulationConfig
 from fedjax_core.engine.simulation import TrainingDivergedError
@@ -53,8 +55,10 @@ __all__ = (
     'ClientStateStore',
     'CohortBatches',
     'CompiledRound',
+    'DecentralizedSimulation',
     'Evaluator',
     'FederatedDataset',
+    'GossipConfig',
     'LocalEvaluator',
     'MetricsWriter',
     'RobustAggregation',

@@ -9,6 +9,9 @@ import jax.numpy as jnp
 from fedjax_core.channel import aggregation
 from fedjax_core.channel import assembly
 from fedjax_core.channel import attacks
+from fedjax_core.channel import gossip
+from fedjax_core.channel import mixing_weights
+from fedjax_core.channel import peer_robust
 from fedjax_core.channel import privacy
 from fedjax_core.channel import rqm as rqm_lib
 from fedjax_core.channel import uplink as uplink_lib
@@ -195,3 +198,92 @@ def resolve_loop(loop: str, clients_in_parallel: int | None, apply_fn,
   if clients_in_parallel is None and convolutional:
     clients_in_parallel = 1
   return loop, clients_in_parallel
+
+
+@dataclasses.dataclass(frozen=True)
+class GossipConfig:
+  """How the nodes of a decentralized run communicate
+  (`fedjax_core.engine.decentralized`).
+
+  Attributes:
+    topology: the graph (`fedjax_core.channel.topology.build`): 'ring',
+      'torus', 'exponential', 'one_peer_exponential', 'erdos_renyi(P)',
+      'barabasi_albert(M)', 'complete', 'random_matching' or 'file:PATH'.
+    mixing: gossip weights over the live links: 'metropolis'
+      (Metropolis-Hastings, doubly stochastic) or 'uniform'.
+    gossip_steps: mixing steps per round (DFedSAM-MGS's Q).
+    active_nodes: nodes that train and gossip each round, a seeded uniform
+      sample (MoDeST); None: all.
+    node_failure_rate: probability that a node is down for a round (it
+      neither trains nor gossips).
+    link_failure_rate: probability that a link is down for a round.
+    method: how mixing runs: 'dense' (a matrix product over the node axis),
+      'gather' (neighbour gather), 'ring' / 'torus' (shifts, `ppermute`
+      between devices) or 'auto' (`gossip.choose_method`).
+    rule: what a node makes of what it receives: 'mean' (plain gossip) or
+      a robust rule of `fedjax_core.channel.peer_robust`.
+    num_byzantine: the Byzantine neighbours a robust rule tolerates (b).
+    clip_radius: clipped gossip's fixed radius; None chooses it per node.
+    byzantine_fraction: share of the nodes that are Byzantine (a fixed set
+      drawn from the seed); they send `attack`'s messages.
+    attack: the Byzantine nodes' per-edge messages ('none' when no node is
+      Byzantine).
+    attack_scale: the strength of the attack (its epsilon or scale).
+    eval_nodes: node models evaluated (a fixed seeded sample of the honest
+      nodes); None: every honest node.
+  """
+
+  topology: str = 'ring'
+  mixing: str = 'metropolis'
+  gossip_steps: int = 1
+  active_nodes: int | None = None
+  node_failure_rate: float = 0.0
+  link_failure_rate: float = 0.0
+  method: str = 'auto'
+  rule: str = 'mean'
+  num_byzantine: int = 0
+  clip_radius: float | None = None
+  byzantine_fraction: float = 0.0
+  attack: str = 'none'
+  attack_scale: float = 1.0
+  eval_nodes: int | None = None
+
+  def validate(self, num_nodes: int) -> None:
+    """Raises `SettingError` naming the first bad setting and its fix."""
+    for name, valid in (('mixing', mixing_weights.RULES),
+                        ('method', ('auto',) + gossip.METHODS),
+                        ('rule', peer_robust.PEER_RULES),
+                        ('attack', peer_robust.PEER_ATTACKS)):
+      if getattr(self, name) not in valid:
+        raise SettingError(f'gossip.{name}', f'Unknown {name} '
+                           f'{getattr(self, name)!r}; valid: '
+                           f'{", ".join(valid)}.')
+    if self.gossip_steps < 1:
+      raise SettingError('gossip.gossip_steps', 'gossip_steps must be '
+                         f'positive, got {self.gossip_steps}.')
+    if self.active_nodes is not None and not (
+        1 <= self.active_nodes <= num_nodes):
+      raise SettingError(
+          'gossip.active_nodes', f'active_nodes must be between 1 and the '
+          f'{num_nodes} nodes (or None for all), got {self.active_nodes}.')
+    for name in ('node_failure_rate', 'link_failure_rate'):
+      rate = getattr(self, name)
+      if not 0 <= rate < 1:
+        raise SettingError(f'gossip.{name}', f'{name} must be in [0, 1), '
+                           f'got {rate}.')
+    if not 0 <= self.byzantine_fraction < 0.5:
+      raise SettingError(
+          'gossip.byzantine_fraction', 'byzantine_fraction must be in '
+          f'[0, 0.5), got {self.byzantine_fraction}.')
+    if (self.byzantine_fraction > 0) != (self.attack != 'none'):
+      raise SettingError(
+          'gossip.attack', 'Byzantine nodes need an attack and an attack '
+          f'needs Byzantine nodes; got attack {self.attack!r} with '
+          f'byzantine_fraction {self.byzantine_fraction}. Set both or '
+          'neither.')
+    if self.num_byzantine < 0:
+      raise SettingError('gossip.num_byzantine', 'num_byzantine must be >= '
+                         f'0, got {self.num_byzantine}.')
+    if self.eval_nodes is not None and self.eval_nodes < 1:
+      raise SettingError('gossip.eval_nodes', 'eval_nodes must be positive '
+                         f'(or None for all), got {self.eval_nodes}.')

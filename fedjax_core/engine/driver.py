@@ -106,6 +106,90 @@ class RunGroup(Protocol):
     """Run k's name in messages."""
 
 
+class OneRun(Protocol):
+  """A single run as `LoneRun` drives it (`Simulation`,
+  `DecentralizedSimulation`)."""
+
+  config: Any  # Its `seed` names the run in messages.
+  history: list[Record]
+  completed_rounds: int
+  final_round: int
+  consistent: bool
+
+  def run_round(self) -> Record:
+    """Runs the next round; returns its record."""
+
+  def evaluate(self) -> dict[str, float]:
+    """The metrics of the model(s) after the rounds done."""
+
+  def complete_record(self, record: Record,
+                      evaluation: dict[str, float] | None) -> None:
+    """Adds `evaluation` (if any) to the round's record and keeps it."""
+
+  def checkpoint_state(self) -> tuple[PyTree, PyTree, PyTree]:
+    """The states a checkpoint holds."""
+
+  def restore(self, completed_rounds: int, *states: PyTree) -> None:
+    """Continues from a checkpoint's states."""
+
+  def summary_entries(self) -> dict[str, Any]:
+    """The run's summary entries beyond its metrics'."""
+
+
+class LoneRun:
+  """One run as the driver's group of one (`RunGroup`); its divergence
+  stops the loop."""
+
+  def __init__(self, one_run: OneRun):
+    self._run = one_run
+
+  @property
+  def diverged(self) -> dict[int, TrainingDivergedError]:
+    return {}  # A lone run's divergence raises instead.
+
+  @property
+  def completed_rounds(self) -> int:
+    return self._run.completed_rounds
+
+  @property
+  def final_round(self) -> int:
+    return self._run.final_round
+
+  @property
+  def consistent(self) -> bool:
+    return self._run.consistent
+
+  def run_round(self) -> list[Record]:
+    return [self._run.run_round()]
+
+  def complete_records(self, records: list[Record], evaluate: bool) -> None:
+    evaluation = self._run.evaluate() if evaluate else None
+    self._run.complete_record(records[0], evaluation)
+
+  def checkpoint_state(self) -> tuple[PyTree, PyTree, PyTree]:
+    return self._run.checkpoint_state()
+
+  def restore(self, *state: Any) -> None:
+    self._run.restore(*state)
+
+  def stop(self, k: int, error: TrainingDivergedError) -> None:
+    """A lone run that diverged cannot go on: raises `error`."""
+    del k
+    raise error
+
+  def history(self, k: int) -> list[Record]:
+    del k
+    return self._run.history
+
+  def summary(self, k: int) -> dict[str, Any]:
+    del k
+    return self._run.summary_entries()
+
+  def name(self, k: int) -> str:
+    del k
+    return f'seed {self._run.config.seed}'
+
+
 def run(group: RunGroup, *, workdir: str | None,
         run_workdirs: Sequence[str | None], eval_every: int,
         checkpoint_every: int, progress: bool,

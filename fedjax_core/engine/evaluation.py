@@ -1,6 +1,7 @@
-"""Evaluation of a global model on held-out data.
+"""Evaluation of a global model (or of many node models) on held-out data.
 
-`Evaluator` scores the dataset's test split. `LocalEvaluator` scores each
+`Evaluator` scores the dataset's test split; `NodesEvaluator` scores many
+models on it at once (a decentralized run's node models). `LocalEvaluator` scores each
 client's own held-out rows and reports how the global model serves the
 clients: the mean and the 10th percentile of the per-client accuracy (the
 fairness view of Li et al., 2020, "Fair Resource Allocation in Federated
@@ -49,17 +50,17 @@ class _PerExample:
     pad = num_batches * batch_size - len(x)
     x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
     y = np.concatenate([y, np.zeros(pad, y.dtype)])
-    self._batches = [
+    self.batches = [
         (jnp.asarray(x[i:i + batch_size]), jnp.asarray(y[i:i + batch_size]))
         for i in range(0, len(x), batch_size)]
-    self._num_examples = num_batches * batch_size - pad
-    self._apply_fn = apply_fn
+    self.num_examples = num_batches * batch_size - pad
+    self.apply_fn = apply_fn
 
   def __call__(self, params: PyTree) -> tuple[np.ndarray, np.ndarray]:
     """`[num_examples]` losses and 0/1 correctness, in split order."""
-    outputs = [_batch_outputs(self._apply_fn, params, x, y)
-               for x, y in self._batches]
-    loss, correct = (np.concatenate(a)[:self._num_examples]
+    outputs = [_batch_outputs(self.apply_fn, params, x, y)
+               for x, y in self.batches]
+    loss, correct = (np.concatenate(a)[:self.num_examples]
                      for a in zip(*jax.device_get(outputs)))
     return loss, correct
 
@@ -112,3 +113,46 @@ class LocalEvaluator:
     accuracy = self.per_client_accuracy(params)
     return {'local_test_accuracy_mean': float(np.mean(accuracy)),
             'local_test_accuracy_p10': float(np.percentile(accuracy, 10))}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _nodes_batch_outputs(apply_fn: ApplyFn, stacked_params: PyTree,
+                         x: jax.Array, y: jax.Array
+                         ) -> tuple[jax.Array, jax.Array]:
+  """`_batch_outputs` of every model of `stacked_params` (leading axis =
+  models) on one batch: `[models, batch]` losses and correctness."""
+  return jax.vmap(_batch_outputs.__wrapped__, in_axes=(None, 0, None, None))(
+      apply_fn, stacked_params, x, y)
+
+
+class NodesEvaluator:
+  """Loss and accuracy of many models (the node models of a decentralized
+  run) on one split, vmapped over the models, `models_per_call` at a time.
+
+  Examples:
+    >>> evaluator = NodesEvaluator(model.apply, test_x, test_y)
+    >>> loss, accuracy = evaluator(stacked_params)  # [models] each
+  """
+
+  def __init__(self, apply_fn: ApplyFn, x: np.ndarray, y: np.ndarray,
+               batch_size: int = 1024, models_per_call: int = 64):
+    self._split = _PerExample(apply_fn, x, y, batch_size)
+    self._models_per_call = models_per_call
+
+  def __call__(self, stacked_params: PyTree) -> tuple[np.ndarray,
+                                                       np.ndarray]:
+    """`[models]` mean losses and accuracies."""
+    split = self._split
+    num_models = jax.tree.leaves(stacked_params)[0].shape[0]
+    losses, accuracies = [], []
+    for start in range(0, num_models, self._models_per_call):
+      chunk = jax.tree.map(
+          lambda p: p[start:start + self._models_per_call], stacked_params)
+      outputs = jax.device_get([
+          _nodes_batch_outputs(split.apply_fn, chunk, x, y)
+          for x, y in split.batches])
+      loss, correct = (np.concatenate(a, axis=1)[:, :split.num_examples]
+                       for a in zip(*outputs))
+      losses.append(loss.mean(axis=1, dtype=np.float64))
+      accuracies.append(correct.mean(axis=1, dtype=np.float64))
+    return np.concatenate(losses), np.concatenate(accuracies)

@@ -29,6 +29,7 @@ from fedjax_core.data import sampling
 from fedjax_core.data.federated import FederatedDataset
 from fedjax_core.engine import batching
 from fedjax_core.engine import driver
+from fedjax_core.engine import local_training
 from fedjax_core.engine import placement
 from fedjax_core.engine import rounds
 # The run's settings, importable from here too.
@@ -42,6 +43,24 @@ from fedjax_core.engine.state_store import ClientStateStore
 from fedjax_core.engine.state_store import make_store, resolve_state_store
 
 PyTree = Any
+
+
+def augment_fn(config: SimulationConfig, dataset: FederatedDataset
+               ) -> local_training.AugmentFn | None:
+  """The augmentation of every local batch `config.augment` asks for, or
+  None."""
+  if not config.augment:
+    return None
+  if len(dataset.example_shape) != 3:
+    raise SettingError(
+        'augment', 'augment (random crop and flip) needs images of shape '
+        f'[height, width, channels]; {dataset.name} has examples of '
+        f'shape {dataset.example_shape}. Turn augment off for this '
+        'dataset.')
+  return functools.partial(augmentation.random_crop_flip,
+                           padding=dataset.example_shape[0] // 8)
+
+
 class PreparedRound(NamedTuple):
   """A round's host inputs, ready for the compiled round.
 
@@ -121,16 +140,7 @@ class Simulation:
     # The model broadcast in float32.
     self.bytes_down = 4 * optax.tree.size(
         algorithm.server_params(self.server_state))
-    augment = None
-    if config.augment:
-      if len(dataset.example_shape) != 3:
-        raise SettingError(
-            'augment', 'augment (random crop and flip) needs images of shape '
-            f'[height, width, channels]; {dataset.name} has examples of '
-            f'shape {dataset.example_shape}. Turn augment off for this '
-            'dataset.')
-      augment = functools.partial(augmentation.random_crop_flip,
-                                  padding=dataset.example_shape[0] // 8)
+    augment = augment_fn(config, dataset)
     self.privacy = self.sample_privacy = None
     if config.client_dp is not None:
       self.privacy = privacy.ClientLevelPrivacy(
@@ -422,10 +432,14 @@ class Simulation:
     """Runs (or resumes) the whole simulation and returns its summary."""
     config = self.config
     summaries = driver.run(
-        _LoneRun(self), workdir=config.workdir,
+        driver.LoneRun(self), workdir=config.workdir,
         run_workdirs=[config.workdir], eval_every=config.eval_every,
         checkpoint_every=config.checkpoint_every, progress=config.progress)
     return summaries[0]
+
+  def summary_entries(self) -> dict[str, Any]:
+    """The run's summary entries beyond its metrics': its privacy."""
+    return self.privacy_summary()
 
   def privacy_summary(self) -> dict[str, Any]:
     """The privacy a client-level DP run spent, and whether its budget cut
@@ -440,58 +454,3 @@ class Simulation:
           f'{self.privacy.epsilon(self.final_round + 1):.4g} > the target '
           f'epsilon {self.privacy.settings.target_epsilon:g}')
     return summary
-
-
-class _LoneRun:
-  """A simulation as the driver's group of one run (`driver.RunGroup`); its
-  divergence stops the loop."""
-
-  def __init__(self, simulation: Simulation):
-    self._sim = simulation
-
-  @property
-  def diverged(self) -> dict[int, TrainingDivergedError]:
-    return {}  # A lone run's divergence raises instead.
-
-  @property
-  def completed_rounds(self) -> int:
-    return self._sim.completed_rounds
-
-  @property
-  def final_round(self) -> int:
-    return self._sim.final_round
-
-  @property
-  def consistent(self) -> bool:
-    return self._sim.consistent
-
-  def run_round(self) -> list[dict[str, Any]]:
-    return [self._sim.run_round()]
-
-  def complete_records(self, records: list[dict[str, Any]],
-                       evaluate: bool) -> None:
-    evaluation = self._sim.evaluate() if evaluate else None
-    self._sim.complete_record(records[0], evaluation)
-
-  def checkpoint_state(self) -> tuple[PyTree, PyTree, PyTree]:
-    return self._sim.checkpoint_state()
-
-  def restore(self, *state: Any) -> None:
-    self._sim.restore(*state)
-
-  def stop(self, k: int, error: TrainingDivergedError) -> None:
-    """A lone run that diverged cannot go on: raises `error`."""
-    del k
-    raise error
-
-  def history(self, k: int) -> list[dict[str, Any]]:
-    del k
-    return self._sim.history
-
-  def summary(self, k: int) -> dict[str, Any]:
-    del k
-    return self._sim.privacy_summary()
-
-  def name(self, k: int) -> str:
-    del k
-    return f'seed {self._sim.config.seed}'
