@@ -15,7 +15,9 @@ what it runs and what each figure it reports means:
   robustness: each robust rule and compressor against the plain mean;
   cohort_assembly: partitioning and a round's host-side preparation at
     growing populations;
-  sweep: 8 seeds of `scripts.train` in one program against 8 processes.
+  sweep: 8 seeds of `scripts.train` in one program against 8 processes;
+  gossip: decentralized rounds (256 nodes on a ring) against FedAvg's, the
+    three mixing kernels, and 256 against 1,024 nodes.
 The placement flags (--loop, --clients_in_parallel, --state_store,
 --mesh_shape, --cpu_devices) apply to every workload.
 
@@ -27,6 +29,7 @@ Examples:
   python -m scripts.benchmark --workload=dp_accounting
   python -m scripts.benchmark --workload=robustness
   python -m scripts.benchmark --workload=sweep --json
+  python -m scripts.benchmark --workload=gossip
   python -m scripts.benchmark --workload=mlp --loop=scan --json
 """
 
@@ -43,6 +46,7 @@ from scripts.benchmarks import cnn_cifar
 from scripts.benchmarks import cohort_assembly
 from scripts.benchmarks import dp_accounting
 from scripts.benchmarks import fedspeed
+from scripts.benchmarks import gossip
 from scripts.benchmarks import harness
 from scripts.benchmarks import mlp
 from scripts.benchmarks import population
@@ -56,7 +60,7 @@ _MODULES = {'mlp': mlp, 'cnn_cifar': cnn_cifar, 'resnet18_gn': resnet18_gn,
             'population': population, 'fedspeed': fedspeed,
             'privacy': privacy, 'dp_accounting': dp_accounting,
             'robustness': robustness, 'cohort_assembly': cohort_assembly,
-            'sweep': sweep}
+            'sweep': sweep, 'gossip': gossip}
 WORKLOADS = tuple(_MODULES)
 # Workloads whose limits run in a child process, by `limits()`.
 _LIMITED = ('mlp', 'cnn_cifar')

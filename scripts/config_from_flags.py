@@ -166,6 +166,27 @@ def simulation_config(seed: int, workdir: str | None,
       **byzantine_settings())
 
 
+def gossip_config() -> fedjax_core.GossipConfig:
+  """The graph and gossip of a decentralized algorithm's run."""
+  attacking = script_flags.PEER_ATTACK.value != 'none'
+  return fedjax_core.GossipConfig(
+      topology=script_flags.TOPOLOGY.value,
+      mixing=script_flags.MIXING.value,
+      gossip_steps=script_flags.GOSSIP_STEPS.value,
+      active_nodes=script_flags.ACTIVE_NODES.value,
+      node_failure_rate=script_flags.NODE_FAILURE_RATE.value,
+      link_failure_rate=script_flags.LINK_FAILURE_RATE.value,
+      method=script_flags.GOSSIP_METHOD.value,
+      rule=script_flags.PEER_RULE.value,
+      num_byzantine=script_flags.PEER_B.value,
+      clip_radius=script_flags.PEER_CLIP_RADIUS.value,
+      byzantine_fraction=(script_flags.PEER_BYZANTINE_FRACTION.value
+                          if attacking else 0.0),
+      attack=script_flags.PEER_ATTACK.value,
+      attack_scale=script_flags.PEER_ATTACK_SCALE.value,
+      eval_nodes=script_flags.EVAL_NODES.value)
+
+
 def _dp_sgd_config() -> dp_sgd.DPSGDConfig | None:
   if script_flags.DP_SGD_CLIP_NORM.value is None:
     return None
@@ -265,6 +286,26 @@ def check(names: list[str]) -> None:
     num_clients = datasets.default_num_clients(dataset)
   simulation_config(script_flags.SEED.value, None, False).validate(
       num_clients)
+  decentralized = set(names) & set(algorithms.DECENTRALIZED_ALGORITHMS)
+  if decentralized:
+    _check_decentralized(sorted(decentralized), names, num_clients)
+
+
+def _check_decentralized(decentralized: list[str], names: list[str],
+                         num_nodes: int) -> None:
+  """Rejects flags that decentralized algorithms do not read."""
+  if len(decentralized) == len(names):
+    for name in ('clients_per_round', 'participation'):
+      if flags.FLAGS[name].present:
+        raise ValueError(
+            f'--{name} has no effect on decentralized algorithms '
+            f'({", ".join(decentralized)}): every node (client) is a node of '
+            'the graph; --active_nodes samples those that train a round.')
+  if script_flags.VMAPPED_HPARAM.value:
+    raise ValueError('--vmapped_hparam runs federated algorithms only; '
+                     f'{", ".join(decentralized)} are decentralized. Run '
+                     'each value on its own (scripts.sweep).')
+  gossip_config().validate(num_nodes)
 
 
 def load_dataset(seed: int) -> fedjax_core.FederatedDataset:

@@ -26,7 +26,10 @@ from fedjax_core import errors
 from fedjax_core.channel import aggregation
 from fedjax_core.channel import attacks
 from fedjax_core.channel import compression
+from fedjax_core.channel import gossip
+from fedjax_core.channel import peer_robust
 from fedjax_core.channel import privacy_accounting
+from fedjax_core.channel import mixing_weights
 from fedjax_core.data import datasets
 from fedjax_core.data import partition
 from fedjax_core.engine import simulation
@@ -82,6 +85,13 @@ _ROBUST = Switch(
 _ATTACKING = Switch('--attack', lambda: ATTACK.value != 'none')
 _COMPRESSING = Switch('--compressor', lambda: COMPRESSOR.value != 'none')
 _RQM = Switch('--rqm_clip', lambda: RQM_CLIP.value is not None)
+_DECENTRALIZED = Switch(
+    'a decentralized --algorithm '
+    f'({"|".join(algorithms.DECENTRALIZED_ALGORITHMS)})',
+    lambda: bool(set(ALGORITHM.value)
+                 & set(algorithms.DECENTRALIZED_ALGORITHMS)))
+_PEER_ATTACKING = Switch('--peer_attack',
+                         lambda: PEER_ATTACK.value != 'none')
 _LORA = Switch('--algorithm=fedlora or ffa_lora',
                lambda: bool(set(ALGORITHM.value)
                             & set(algorithms.LORA_ALGORITHMS)))
@@ -103,9 +113,12 @@ DATA_PART = flags.DEFINE_enum(
     'by label otherwise), to pre-train on one (scripts.pretrain) and '
     'fine-tune on the other.')
 MODEL = flags.DEFINE_enum('model', 'mlp', models.MODEL_NAMES, 'Model.')
-NUM_CLIENTS = flags.DEFINE_integer(
+NUM_CLIENTS = _define(
+    flags.DEFINE_integer,
     'num_clients', None, 'Population size (default: 20 for digits, 30 '
-    'devices for synthetic, 100 for the TFDS datasets).')
+    'devices for synthetic, 100 for the TFDS datasets); the nodes of a '
+    'decentralized run.',
+    sets=('num_nodes',))
 PARTITION = flags.DEFINE_enum(
     'partition', None, partition.PARTITION_NAMES,
     'How the training set is split across clients: iid; dirichlet (per-class '
@@ -465,6 +478,86 @@ LORA_TARGETS = _define(
     'expression over kernel paths (e.g. params/block_0/attention/query/'
     'kernel) choosing the adapted kernels.',
     needs=_LORA)
+TOPOLOGY = _define(
+    flags.DEFINE_string,
+    'topology', 'ring', 'Decentralized algorithms: the graph the nodes (one '
+    'per client) gossip over: ring, torus (2-D grid), exponential (Ying et '
+    'al. 2021), one_peer_exponential (time-varying), erdos_renyi(P), '
+    'barabasi_albert(M), complete, random_matching (time-varying), or '
+    'file:PATH (an edge list). A picture is written to WORKDIR/topology.png.',
+    needs=_DECENTRALIZED, sets=('gossip.topology',))
+MIXING = _define(
+    flags.DEFINE_enum,
+    'mixing', 'metropolis', mixing_weights.RULES,
+    'Decentralized: gossip weights over the live links: metropolis '
+    '(Metropolis-Hastings, doubly stochastic) or uniform (1/(degree+1)).',
+    needs=_DECENTRALIZED, sets=('gossip.mixing',))
+GOSSIP_STEPS = _define(
+    flags.DEFINE_integer,
+    'gossip_steps', 1, 'Decentralized: gossip (mixing) steps per round '
+    '(DFedSAM-MGS\'s Q).',
+    needs=_DECENTRALIZED, sets=('gossip.gossip_steps',))
+ACTIVE_NODES = _define(
+    flags.DEFINE_integer,
+    'active_nodes', None, 'Decentralized: nodes that train and gossip each '
+    'round, a seeded sample (MoDeST); default: all.',
+    needs=_DECENTRALIZED, sets=('gossip.active_nodes',))
+NODE_FAILURE_RATE = _define(
+    flags.DEFINE_float,
+    'node_failure_rate', 0.0, 'Decentralized: probability that a node is '
+    'down for a round (seeded); gossip weights renormalize over the rest.',
+    needs=_DECENTRALIZED, sets=('gossip.node_failure_rate',))
+LINK_FAILURE_RATE = _define(
+    flags.DEFINE_float,
+    'link_failure_rate', 0.0, 'Decentralized: probability that a link is '
+    'down for a round (seeded); gossip weights renormalize over the rest.',
+    needs=_DECENTRALIZED, sets=('gossip.link_failure_rate',))
+GOSSIP_METHOD = _define(
+    flags.DEFINE_enum,
+    'gossip_method', 'auto', ('auto',) + gossip.METHODS,
+    'Decentralized: how mixing runs: dense (matrix product over the node '
+    'axis), gather (neighbour gather), ring / torus (shifts; ppermute '
+    'between devices), auto (by graph and device count).',
+    needs=_DECENTRALIZED, sets=('gossip.method',))
+PEER_RULE = _define(
+    flags.DEFINE_enum,
+    'peer_rule', 'mean', peer_robust.PEER_RULES,
+    'Decentralized: what a node makes of what it receives: mean (plain '
+    'gossip), trimmed_mean, median (per node, coordinate-wise), '
+    'clipped_gossip (He et al. 2022), nna (MoNNA\'s nearest-neighbour '
+    'averaging, Farhadkhani et al. 2023).',
+    needs=_DECENTRALIZED, sets=('gossip.rule',))
+PEER_B = _define(
+    flags.DEFINE_integer,
+    'peer_b', 1, 'Decentralized robust rules: Byzantine neighbours tolerated '
+    'per node (b).',
+    needs=_DECENTRALIZED, sets=('gossip.num_byzantine',))
+PEER_CLIP_RADIUS = _define(
+    flags.DEFINE_float,
+    'peer_clip_radius', None, 'clipped_gossip: fixed clipping radius '
+    '(default: chosen per node from its received differences).',
+    needs=_DECENTRALIZED, sets=('gossip.clip_radius',))
+PEER_ATTACK = _define(
+    flags.DEFINE_enum,
+    'peer_attack', 'none', peer_robust.PEER_ATTACKS,
+    'Decentralized: the messages Byzantine nodes send, per edge: sign_flip, '
+    'gaussian, alie, dissensus (He et al. 2022).',
+    needs=_DECENTRALIZED, sets=('gossip.attack',))
+PEER_BYZANTINE_FRACTION = _define(
+    flags.DEFINE_float,
+    'peer_byzantine_fraction', 0.1, 'Decentralized: share of the nodes '
+    'that are Byzantine (a fixed seeded set).',
+    needs=_PEER_ATTACKING, sets=('gossip.byzantine_fraction',))
+PEER_ATTACK_SCALE = _define(
+    flags.DEFINE_float,
+    'peer_attack_scale', 1.0, 'Decentralized: strength of --peer_attack '
+    '(its scale or epsilon).',
+    needs=_PEER_ATTACKING, sets=('gossip.attack_scale',))
+EVAL_NODES = _define(
+    flags.DEFINE_integer,
+    'eval_nodes', None, 'Decentralized: node models evaluated (a fixed '
+    'seeded sample of the honest nodes); default: all.',
+    needs=_DECENTRALIZED, sets=('gossip.eval_nodes',))
 INIT_CHECKPOINT = flags.DEFINE_string(
     'init_checkpoint', None, 'Start from this pre-trained base (the base/ '
     'directory scripts.pretrain writes) instead of a random init.')

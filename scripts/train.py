@@ -38,6 +38,7 @@ import optax
 import algorithms
 import fedjax_core
 from fedjax_core import errors
+from fedjax_core.channel import topology
 from fedjax_core.data import partition_report
 from fedjax_core.engine import distributed
 from fedjax_core.engine import placement
@@ -109,6 +110,40 @@ def _run_one(name: str, dataset, model, workdir: str, start) -> dict:
   summary = sim.run()
   _report(name, summary)
   return summary
+
+
+def _run_decentralized(name: str, datasets_by_seed: dict, model,
+                       workdir: str, start) -> dict[str, dict]:
+  """Trains decentralized algorithm `name` for every seed, one run after
+  another (in `WORKDIR/seed_K/` when there are several); returns each run's
+  summary by its label ('' for a single seed). Calls `start()` as
+  `_run_one` does."""
+  summaries = {}
+  for seed, dataset in datasets_by_seed.items():
+    label = f'seed_{seed}' if len(datasets_by_seed) > 1 else ''
+    run_dir = os.path.join(workdir, label) if label else workdir
+    sim = fedjax_core.DecentralizedSimulation(
+        config_from_flags.build_algorithm(name, model.apply,
+                                          dataset.num_clients),
+        model, dataset,
+        config_from_flags.simulation_config(seed, run_dir,
+                                            script_flags.PROGRESS.value),
+        config_from_flags.gossip_config(), mesh=config_from_flags.mesh())
+    start()
+    if placement.is_main_process():
+      os.makedirs(run_dir, exist_ok=True)
+      topology.draw(sim.topology, os.path.join(run_dir, 'topology.png'))
+    print(f'{name}: {sim.describe()}; picture in {run_dir}/topology.png')
+    print(f'{name}: local steps of batch {sim.config.batch_size} padded to '
+          f'{", ".join(str(b) for b in sim.step_buckets)}, loop={sim.loop}, '
+          f'devices={sim.mesh.size}, workdir={run_dir}')
+    try:
+      summaries[label] = sim.run()
+    except simulation.TrainingDivergedError as e:
+      print(f'{name}: {e}', file=sys.stderr)
+      summaries[label] = {'diverged': f'diverged (round {e.round_num})'}
+    _report(f'{name}/{label}' if label else name, summaries[label])
+  return summaries
 
 
 def _report(name: str, summary: dict) -> None:
@@ -332,6 +367,15 @@ def main(argv):
     summaries, failures = {}, []
     for name in names:
       run_dir = os.path.join(workdir, name) if len(names) > 1 else workdir
+      if name in algorithms.DECENTRALIZED_ALGORITHMS:
+        runs = _run_decentralized(name, datasets_by_seed, model, run_dir,
+                                  start)
+        for label, summary in runs.items():
+          key = f'{name}/{label}' if label else name
+          summaries[key] = summary
+          if 'diverged' in summary:
+            failures.append(f'{key}: {summary["diverged"]}')
+        continue
       if vmapped:
         runs = _run_vmapped(name, datasets_by_seed, model, run_dir, start)
         for label, summary in runs.items():
