@@ -26,6 +26,7 @@ from fedjax_core.channel import rqm
 from fedjax_core.channel import uplink
 from fedjax_core.data import datasets
 from fedjax_core.data import partition
+from fedjax_core.engine import decentralized as decentralized_lib
 from fedjax_core.engine import placement
 from fedjax_core.engine import simulation
 from fedjax_core.toolkit import dp_sgd
@@ -305,7 +306,10 @@ def _check_decentralized(decentralized: list[str], names: list[str],
     raise ValueError('--vmapped_hparam runs federated algorithms only; '
                      f'{", ".join(decentralized)} are decentralized. Run '
                      'each value on its own (scripts.sweep).')
-  gossip_config().validate(num_nodes)
+  decentralized_lib.refuse_server_settings(
+      simulation_config(script_flags.SEED.value, None, False))
+  decentralized_lib.checked_topology(gossip_config(), num_nodes,
+                                     script_flags.SEED.value)
 
 
 def load_dataset(seed: int) -> fedjax_core.FederatedDataset:

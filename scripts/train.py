@@ -147,10 +147,17 @@ def _run_decentralized(name: str, datasets_by_seed: dict, model,
 
 
 def _report(name: str, summary: dict) -> None:
-  """Prints what a run's summary says beyond the table: where it resumed
-  and whether the privacy budget stopped it."""
+  """Prints what a run's summary says beyond the table: where it resumed,
+  whether the privacy budget stopped it, and how a decentralized run's
+  node models spread."""
   if 'resumed_from_round' in summary:
     print(f'{name}: resumed from round {summary["resumed_from_round"]}')
+  if 'final_test_accuracy_p10' in summary:  # A decentralized run's nodes.
+    print(f'{name}: node models\' test accuracy mean '
+          f'{summary["final_test_accuracy"]:.4f}, 10th percentile '
+          f'{summary["final_test_accuracy_p10"]:.4f}; the average model '
+          f'{summary["final_average_model_test_accuracy"]:.4f}; consensus '
+          f'distance {summary["final_consensus_distance"]:.3g}')
   if 'stopped_by_privacy_budget' in summary:
     print(f'{name}: {summary["stopped_by_privacy_budget"]}')
 

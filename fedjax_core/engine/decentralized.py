@@ -91,15 +91,13 @@ class DecentralizedSimulation:
       mesh: device mesh with a 'clients' axis (default: all devices).
     """
     num_nodes = dataset.num_clients
-    _refuse_server_settings(config)
+    refuse_server_settings(config)
     config.validate()
-    gossip_config.validate(num_nodes)
     self.config = config
     self.gossip = gossip_config
     self.dataset = dataset
     self._algorithm = algorithm
-    self.topology = topology_lib.build(gossip_config.topology, num_nodes,
-                                       config.seed)
+    self.topology = checked_topology(gossip_config, num_nodes, config.seed)
     self.mesh = placement.client_mesh() if mesh is None else mesh
     devices = self.mesh.shape[placement.CLIENTS_AXIS]
     self.method = gossip_config.method
@@ -149,13 +147,6 @@ class DecentralizedSimulation:
         jax.random.fold_in(jax.random.key(config.seed),
                            streams.BYZANTINE_NODES),
         num_nodes, gossip_config.byzantine_fraction))
-    if gossip_config.rule != 'mean':  # Every node can apply the rule.
-      all_live, _ = mixing_weights.round_mixing(
-          self.topology, gossip_config.mixing, 0, jax.random.key(0),
-          np.ones(num_nodes, bool), 0.0)
-      peer_robust.check_degrees(all_live, gossip_config.rule,
-                                gossip_config.num_byzantine,
-                                gossip_config.clip_radius)
     self._evaluated = _evaluated_nodes(config.seed, self.byzantine,
                                        gossip_config.eval_nodes)
     self.round_fn = CompiledGossipRound(
@@ -294,21 +285,10 @@ class DecentralizedSimulation:
     self.completed_rounds = completed_rounds
 
   def summary_entries(self) -> dict[str, Any]:
-    """The graph and the last evaluated round's spread over nodes."""
-    entries = {'topology': self.topology.name,
-               'spectral_gap': mixing_weights.spectral_gap(
-                   self.topology, self.gossip.mixing)}
-    evaluated = [r for r in self.history if 'test_accuracy_p10' in r]
-    if evaluated:
-      last = evaluated[-1]
-      entries.update(
-          final_test_accuracy_p10=last['test_accuracy_p10'],
-          final_average_model_test_accuracy=last[
-              'average_model_test_accuracy'])
-    if self.history:
-      entries['final_consensus_distance'] = self.history[-1][
-          'consensus_distance']
-    return entries
+    """The graph: its name and spectral gap."""
+    return {'topology': self.topology.name,
+            'spectral_gap': mixing_weights.spectral_gap(
+                self.topology, self.gossip.mixing)}
 
   def run(self) -> dict[str, Any]:
     """Runs (or resumes) the whole run and returns its summary."""
@@ -320,8 +300,25 @@ class DecentralizedSimulation:
     return summaries[0]
 
 
-def _refuse_server_settings(config: SimulationConfig) -> None:
-  """Raises `SettingError` for a server-side setting, naming what to use."""
+def checked_topology(gossip_config: GossipConfig, num_nodes: int,
+                     seed: int) -> topology_lib.Topology:
+  """The run's graph, once `gossip_config` is checked against it (every
+  node has the neighbours its robust rule needs); raises `SettingError`."""
+  gossip_config.validate(num_nodes)
+  topology = topology_lib.build(gossip_config.topology, num_nodes, seed)
+  if gossip_config.rule != 'mean':
+    all_live, _ = mixing_weights.round_mixing(
+        topology, gossip_config.mixing, 0, jax.random.key(0),
+        np.ones(num_nodes, bool), 0.0)
+    peer_robust.check_degrees(all_live, gossip_config.rule,
+                              gossip_config.num_byzantine,
+                              gossip_config.clip_radius)
+  return topology
+
+
+def refuse_server_settings(config: SimulationConfig) -> None:
+  """Raises `SettingError` for a server-side setting of `config`, naming
+  what a decentralized run uses instead."""
   for name, why in _SERVER_SETTINGS.items():
     if getattr(config, name) is not None:
       raise SettingError(name, f'A decentralized run has no server: {name} '

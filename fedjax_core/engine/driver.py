@@ -32,6 +32,10 @@ DIVERGED_FILE = 'diverged.json'
 # A run's records, one JSON line per round, and its summary.
 METRICS_FILE = 'metrics.jsonl'
 SUMMARY_FILE = 'summary.json'
+# Evaluation metrics whose last value a summary keeps as `final_KEY`.
+_FINAL_EVALUATION_KEYS = (
+    'local_test_accuracy_mean', 'local_test_accuracy_p10',
+    'test_accuracy_p10', 'test_accuracy_std', 'average_model_test_accuracy')
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -426,9 +430,10 @@ def _postfix(records: Sequence[Record | None]) -> dict[str, str]:
 
 def summarize(history: list[Record]) -> dict[str, Any]:
   """Final and best test accuracy (and the final per-client accuracy where
-  clients hold out test rows) and the time of a run's rounds: `wall_s` in
-  all, compiles included, and `s_per_round`, the mean of the rounds that
-  compiled nothing (None if every round did)."""
+  clients hold out test rows; the spread over node models and the
+  consensus distance of a decentralized run) and the time of a run's
+  rounds: `wall_s` in all, compiles included, and `s_per_round`, the mean
+  of the rounds that compiled nothing (None if every round did)."""
   evaluated = [r for r in history if 'test_accuracy' in r]
   steady = [r['wall_s'] for r in history if not r.get('compiled')]
   summary: dict[str, Any] = {
@@ -443,7 +448,9 @@ def summarize(history: list[Record]) -> dict[str, Any]:
                    final_test_loss=evaluated[-1]['test_loss'],
                    best_test_accuracy=best['test_accuracy'],
                    best_round=best['round'])
-    for key in ('local_test_accuracy_mean', 'local_test_accuracy_p10'):
+    for key in _FINAL_EVALUATION_KEYS:
       if key in evaluated[-1]:
         summary[f'final_{key}'] = evaluated[-1][key]
+  if history and 'consensus_distance' in history[-1]:
+    summary['final_consensus_distance'] = history[-1]['consensus_distance']
   return summary

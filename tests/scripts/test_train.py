@@ -126,6 +126,24 @@ BAD_INPUT = [
      ('--lora_rank', 'must be a positive int')),
     ('--init_checkpoint=/nonexistent', 'holds no pre-trained base'),
     ('--data_part=middle', 'value should be one of'),
+    ('--topology=ring', '--topology has no effect without a decentralized '
+     '--algorithm'),
+    ('--algorithm=dfedavg', '--clients_per_round has no effect on '
+     'decentralized algorithms'),
+    ('--algorithm=fedavg,dfedavg --topology=hypercube',
+     ('--topology', "unknown topology 'hypercube'")),
+    ('--algorithm=fedavg,dfedavg --topology=torus',
+     ('--num_clients', 'no such factorization')),
+    ('--algorithm=fedavg,dfedavg --gossip_steps=0',
+     ('--gossip_steps', 'must be positive')),
+    ('--algorithm=fedavg,dfedavg --peer_rule=median --peer_b=2',
+     ('--peer_b', "needs every node's degree >= 4")),
+    ('--algorithm=fedavg,dfedavg --peer_byzantine_fraction=0.2',
+     '--peer_byzantine_fraction has no effect without --peer_attack'),
+    ('--algorithm=fedavg,dfedavg --aggregator=median',
+     ('--aggregator', 'A decentralized run has no server')),
+    ('--algorithm=fedavg,dfedavg --server_lr=0.5',
+     ('--server_lr', 'dfedavg is decentralized')),
 ]
 
 
@@ -247,6 +265,33 @@ def test_every_algorithm_runs_from_the_command_line(tmp_path):
     assert f'\n{name} ' in table
     with open(tmp_path / name / 'summary.json') as f:
       assert json.load(f)['rounds'] == 1
+
+
+@pytest.mark.slow
+def test_a_decentralized_run_from_the_command_line(tmp_path):
+  """Two seeds of DFedAvgM on a ring: a directory per seed with the graph's
+  picture and per-round consensus distance; a re-run resumes."""
+  run = ['--num_rounds=3', '--eval_every=1', '--num_clients=6',
+         '--model=logreg', '--progress=false', '--algorithm=dfedavgm',
+         '--topology=ring', '--gossip_steps=2', '--num_seeds=2',
+         f'--workdir={tmp_path}']
+  result = _train(*run)
+  assert result.returncode == 0, result.stderr
+  assert 'ring: N=6, 6 edges, max degree 2, spectral gap' in result.stdout
+  table = _table(result.stdout)
+  for seed in (0, 1):
+    assert f'\ndfedavgm/seed_{seed} ' in table
+    run_dir = tmp_path / f'seed_{seed}'
+    assert (run_dir / 'topology.png').stat().st_size > 0
+    records = [json.loads(line) for line in
+               (run_dir / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['round'] for r in records] == [1, 2, 3]
+    assert all(r['consensus_distance'] >= 0 for r in records)
+    assert 'test_accuracy_p10' in records[-1]
+  again = _train(*[f for f in run if f != '--num_rounds=3'],
+                 '--num_rounds=4', '--allow_config_change')
+  assert again.returncode == 0, again.stderr
+  assert again.stdout.count('resumed from round 3') == 2
 
 
 @pytest.mark.slow
