@@ -185,7 +185,9 @@ def gossip_config() -> fedjax_core.GossipConfig:
                           if attacking else 0.0),
       attack=script_flags.PEER_ATTACK.value,
       attack_scale=script_flags.PEER_ATTACK_SCALE.value,
-      eval_nodes=script_flags.EVAL_NODES.value)
+      eval_nodes=script_flags.EVAL_NODES.value,
+      variance_correction=script_flags.VARIANCE_CORRECTION.value,
+      independent_init=script_flags.INDEPENDENT_INIT.value)
 
 
 def _dp_sgd_config() -> dp_sgd.DPSGDConfig | None:

@@ -553,6 +553,17 @@ PEER_ATTACK_SCALE = _define(
     'peer_attack_scale', 1.0, 'Decentralized: strength of --peer_attack '
     '(its scale or epsilon).',
     needs=_PEER_ATTACKING, sets=('gossip.attack_scale',))
+VARIANCE_CORRECTION = _define(
+    flags.DEFINE_bool,
+    'variance_correction', False, 'Decentralized: after plain gossip, give '
+    'each node\'s kernels the weighted mean variance of those mixed in '
+    '(Tian et al. 2024, the vanishing-variance problem).',
+    needs=_DECENTRALIZED, sets=('gossip.variance_correction',))
+INDEPENDENT_INIT = _define(
+    flags.DEFINE_bool,
+    'independent_init', False, 'Decentralized: initialize each node\'s model '
+    'from its own seed instead of one common model.',
+    needs=_DECENTRALIZED, sets=('gossip.independent_init',))
 EVAL_NODES = _define(
     flags.DEFINE_integer,
     'eval_nodes', None, 'Decentralized: node models evaluated (a fixed '

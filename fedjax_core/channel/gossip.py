@@ -205,6 +205,71 @@ def mix(tree: PyTree, mixing: Mixing, method: str, *, steps: int = 1,
   return jax.lax.fori_loop(1, steps, lambda _, t: one(t), tree)
 
 
+def mix_preserving_variance(tree: PyTree, mixing: Mixing, method: str, *,
+                            steps: int = 1, grid: Grid | None = None,
+                            mesh: Mesh | None = None,
+                            axis: str = CLIENTS_AXIS) -> PyTree:
+  """`steps` gossip rounds that keep the weight variance of the kernels.
+
+  Tian, Al-Ars, Kitsak and Hofstee, 2024, "Vanishing Variance Problem in
+  Fully Decentralized Neural-Network Systems": averaging models that are not
+  yet correlated shrinks the variance of their weights below what Xavier
+  initialization set, and delays training. Here, in each round, node i's
+  kernels (leaves of two or more dimensions per node; biases and scales are
+  mixed plainly) are first mixed, `m_i = sum_j W_ij x_j`, then rescaled
+  about their mean so that their variance is the W-weighted mean of the
+  variances of the kernels mixed in:
+  `m_i <- mean(m_i) + (m_i - mean(m_i)) sqrt(sum_j W_ij var(x_j) /
+  var(m_i))`. (This is our statement of the paper's variance-corrected
+  average: per layer, the averaged weights are given the mean variance of
+  the models averaged.)
+
+  Args:
+    tree: node states, every leaf `[N, ...]` floating point.
+    mixing: the gossip weights over the N nodes.
+    method: the kernel, as in `mix`.
+    steps: gossip steps, each corrected.
+    grid: `(rows, cols)`, for 'torus'.
+    mesh: the mesh the nodes are sharded over, for 'ring' and 'torus'.
+    axis: the mesh axis of the nodes.
+
+  Returns:
+    The mixed node states, same structure, shapes and dtypes.
+
+  Examples:
+    >>> m = Mixing(jnp.array([[1], [0]]), jnp.array([[0.5], [0.5]]),
+    ...            jnp.array([0.5, 0.5]))
+    >>> x = jnp.array([[[2.0, 0.0]], [[0.0, 0.0]]])  # Two 1x2 kernels.
+    >>> y = mix_preserving_variance(x, m, 'dense')  # Plain: [1, 0] twice.
+    >>> [round(v, 4) for v in y[0, 0].tolist()]  # Variance 0.5, not 0.25.
+    [1.2071, -0.2071]
+  """
+  def variance(x):
+    if x.ndim < 3:  # Not a kernel: its variance is not corrected.
+      return jnp.zeros(x.shape[:1], node_axis.compute_dtype(x.dtype))
+    z = x.astype(node_axis.compute_dtype(x.dtype)).reshape(x.shape[0], -1)
+    return jnp.var(z, axis=1)
+
+  def corrected(mixed, target):
+    if mixed.ndim < 3:
+      return mixed
+    z = mixed.astype(node_axis.compute_dtype(mixed.dtype))
+    flat = z.reshape(z.shape[0], -1)
+    mean = jnp.mean(flat, axis=1, keepdims=True)
+    now = jnp.var(flat, axis=1, keepdims=True)
+    scale = jnp.where(now > 0, jnp.sqrt(target[:, None] / jnp.where(
+        now > 0, now, 1.0)), 1.0)
+    return (mean + (flat - mean) * scale).reshape(mixed.shape).astype(
+        mixed.dtype)
+
+  for _ in range(steps):
+    kwargs = dict(grid=grid, mesh=mesh, axis=axis)
+    target = mix(jax.tree.map(variance, tree), mixing, method, **kwargs)
+    tree = jax.tree.map(corrected, mix(tree, mixing, method, **kwargs),
+                        target)
+  return tree
+
+
 def choose_method(topology_name: str, num_nodes: int, max_degree: int,
                   num_devices: int, grid: Grid | None = None) -> str:
   """The gossip kernel the method 'auto' picks.

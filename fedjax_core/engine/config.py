@@ -231,6 +231,12 @@ class GossipConfig:
     attack_scale: the strength of the attack (its epsilon or scale).
     eval_nodes: node models evaluated (a fixed seeded sample of the honest
       nodes); None: every honest node.
+    variance_correction: mix plainly but give each node's kernels the
+      weighted mean variance of the kernels mixed in
+      (`gossip.mix_preserving_variance`, Tian et al. 2024).
+    independent_init: initialize every node's model from its own key (the
+      setting of the vanishing-variance problem); otherwise all nodes start
+      from one model, as D-PSGD does.
   """
 
   topology: str = 'ring'
@@ -247,6 +253,8 @@ class GossipConfig:
   attack: str = 'none'
   attack_scale: float = 1.0
   eval_nodes: int | None = None
+  variance_correction: bool = False
+  independent_init: bool = False
 
   def validate(self, num_nodes: int) -> None:
     """Raises `SettingError` naming the first bad setting and its fix."""
@@ -284,6 +292,12 @@ class GossipConfig:
     if self.num_byzantine < 0:
       raise SettingError('gossip.num_byzantine', 'num_byzantine must be >= '
                          f'0, got {self.num_byzantine}.')
+    if self.variance_correction and (self.rule != 'mean'
+                                     or self.attack != 'none'):
+      raise SettingError(
+          'gossip.variance_correction', 'variance_correction corrects the '
+          'plain gossip average; it does not combine with a robust rule or '
+          'Byzantine nodes. Drop one of them.')
     if self.eval_nodes is not None and self.eval_nodes < 1:
       raise SettingError('gossip.eval_nodes', 'eval_nodes must be positive '
                          f'(or None for all), got {self.eval_nodes}.')

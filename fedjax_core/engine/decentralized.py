@@ -131,10 +131,15 @@ class DecentralizedSimulation:
         config.loop, config.clients_in_parallel, model.apply, params,
         dataset.example_shape)
     node_state = algorithm.server_init(params, node_key)
-    self.node_states = placement.put(
-        jax.tree.map(lambda x: np.broadcast_to(
-            np.asarray(x), (num_nodes,) + np.shape(x)).copy(), node_state),
-        self._node_sharding)
+    if gossip_config.independent_init:
+      stacked = jax.vmap(algorithm.server_init)(
+          jax.vmap(model.init)(jax.random.split(init_key, num_nodes)),
+          jax.random.split(node_key, num_nodes))
+    else:
+      stacked = jax.tree.map(lambda x: np.broadcast_to(
+          np.asarray(x), (num_nodes,) + np.shape(x)).copy(), node_state)
+    self.node_states = placement.put(jax.device_get(stacked),
+                                     self._node_sharding)
     self._train_x = placement.put(dataset.train_x, replicated)
     self._train_y = placement.put(dataset.train_y, replicated)
     template = rounds.message_template(algorithm, node_state, (),

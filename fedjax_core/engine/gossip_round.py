@@ -175,9 +175,10 @@ class CompiledGossipRound:
     included."""
     settings = self._settings
     if settings.rule == 'mean' and not self._byzantine.any():
-      return gossip.mix(sent, mixing, self._method,
-                        steps=settings.gossip_steps,
-                        grid=self._topology.grid, mesh=self._mesh)
+      mix = (gossip.mix_preserving_variance if settings.variance_correction
+             else gossip.mix)
+      return mix(sent, mixing, self._method, steps=settings.gossip_steps,
+                 grid=self._topology.grid, mesh=self._mesh)
     flat, unravel = _ravel_rows(sent)
     byzantine = jnp.asarray(self._byzantine)
     for step in range(settings.gossip_steps):

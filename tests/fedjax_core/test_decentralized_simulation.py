@@ -120,6 +120,28 @@ def test_more_gossip_steps_bring_a_ring_closer_to_consensus(dataset):
   assert distances[1] < 0.5 * distances[0]
 
 
+def test_variance_correction_keeps_independent_kernels_variance(dataset):
+  # Six independently initialized nodes on a complete graph: the plain
+  # average (1/6 each) of uncorrelated kernels has about 1/6 of their
+  # variance; the corrected average keeps their mean variance.
+  def kernel_variances(correct):
+    sim = _decentralized(dataset, client_lr=1e-6, local_steps=1,
+                         gossip=GossipConfig(topology='complete',
+                                             independent_init=True,
+                                             variance_correction=correct))
+    before = np.asarray(sim.node_params()['params']['Dense_0']['kernel'])
+    _run_rounds(sim, 1)
+    after = np.asarray(sim.node_params()['params']['Dense_0']['kernel'])
+    return before.reshape(NUM_NODES, -1).var(1), after.reshape(
+        NUM_NODES, -1).var(1)
+
+  before, plain = kernel_variances(False)
+  assert np.all(before > 0) and np.ptp(before) > 0  # Independent inits.
+  np.testing.assert_allclose(plain, before.mean() / NUM_NODES, rtol=0.2)
+  _, corrected = kernel_variances(True)
+  np.testing.assert_allclose(corrected, before.mean(), rtol=1e-3)
+
+
 def test_sampled_nodes_train_and_the_others_keep_their_models(dataset):
   sim = _decentralized(
       dataset, gossip=GossipConfig(topology='complete', active_nodes=3))
@@ -238,6 +260,8 @@ def test_server_settings_are_refused(dataset, config, setting):
     (GossipConfig(topology='ring', rule='median', num_byzantine=2),
      'gossip.num_byzantine'),
     (GossipConfig(mixing='max_degree'), 'gossip.mixing'),
+    (GossipConfig(rule='median', variance_correction=True),
+     'gossip.variance_correction'),
 ])
 def test_bad_gossip_settings_name_the_setting(dataset, gossip, setting):
   with pytest.raises(SettingError) as error:

@@ -283,3 +283,31 @@ def test_ppermute_kernels_on_eight_devices():
       env=env, cwd=_REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   assert 'gossip sharded: ok' in proc.stdout
+
+
+def test_mix_preserving_variance_matches_numpy():
+  """Kernels get the W-weighted mean variance of what was mixed, about the
+  plainly mixed mean; biases are mixed plainly; steps repeat it."""
+  rng = np.random.default_rng(3)
+  mixing, w = _random_mixing(rng)
+  n = w.shape[0]
+  tree = {'kernel': rng.normal(size=(n, 3, 2)).astype(np.float32),
+          'bias': rng.normal(size=(n, 2)).astype(np.float32)}
+
+  def numpy_step(kernel, bias):
+    flat = kernel.reshape(n, -1).astype(np.float64)
+    target = w @ flat.var(axis=1)
+    mixed = w @ flat
+    mean = mixed.mean(axis=1, keepdims=True)
+    scale = np.sqrt(target / mixed.var(axis=1))[:, None]
+    return (mean + (mixed - mean) * scale).reshape(kernel.shape), w @ bias
+
+  kernel, bias = numpy_step(tree['kernel'], tree['bias'])
+  got = gossip.mix_preserving_variance(tree, mixing, 'gather')
+  np.testing.assert_allclose(got['kernel'], kernel, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(got['bias'], bias, rtol=1e-5, atol=1e-6)
+  twice = gossip.mix_preserving_variance(tree, mixing, 'dense', steps=2)
+  np.testing.assert_allclose(twice['kernel'], numpy_step(kernel, bias)[0],
+                             rtol=1e-4, atol=1e-5)
+  plain = gossip.mix(tree, mixing, 'dense')
+  assert np.var(np.asarray(plain['kernel'])) < np.var(kernel)
