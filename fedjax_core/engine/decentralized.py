@@ -114,14 +114,14 @@ class DecentralizedSimulation:
     self.active_nodes = gossip_config.active_nodes or num_nodes
     self.step_buckets = batching.step_buckets(
         self._node_steps, self.active_nodes, config.size_buckets)
-    all_active = self.active_nodes == num_nodes
-    # The node axis is sharded when it divides over the devices; active
-    # nodes of a sample are padded to a multiple of the device count.
+    # The node axis is sharded when it divides over the devices. Otherwise
+    # (and for a sample of nodes) the nodes that train are gathered inside
+    # the round, padded to a multiple of the device count.
     self._node_sharding = placement.replicated_sharding(self.mesh)
     if num_nodes % devices == 0:
       self._node_sharding = placement.cohort_sharding(self.mesh)
-    self._inputs_sharding = (self._node_sharding if all_active
-                             else placement.cohort_sharding(self.mesh))
+    self._gathered = (self.active_nodes < num_nodes
+                      or num_nodes % devices != 0)
     replicated = placement.replicated_sharding(self.mesh)
 
     init_key, node_key, self.rounds_key = jax.random.split(
@@ -156,7 +156,7 @@ class DecentralizedSimulation:
                                        gossip_config.eval_nodes)
     self.round_fn = CompiledGossipRound(
         algorithm, self.topology, gossip_config, self.byzantine,
-        method=self.method, all_active=all_active,
+        method=self.method, all_active=not self._gathered,
         unroll=self.loop == 'unroll',
         skip_empty_steps=config.local_steps is None,
         clients_in_parallel=self.clients_in_parallel, mesh=self.mesh,
@@ -186,8 +186,9 @@ class DecentralizedSimulation:
     return line
 
   def _round_inputs(self, round_num: int) -> GossipInputs:
-    """The active nodes of `round_num` and their batches, padded with ids N
-    to a multiple of the device count (a sample only)."""
+    """The active nodes of `round_num` and their batches; when they are
+    gathered inside the round, padded with ids N to a multiple of the device
+    count."""
     num_nodes = self.topology.num_nodes
     if self.active_nodes == num_nodes:
       ids = np.arange(num_nodes)
@@ -202,7 +203,7 @@ class DecentralizedSimulation:
         local_epochs=self._local_epochs,
         local_steps=self.config.local_steps)
     pad = 0
-    if self.active_nodes < num_nodes:
+    if self._gathered:
       pad = -len(ids) % self.mesh.shape[placement.CLIENTS_AXIS]
 
     def pad_rows(a, value=0):
@@ -227,7 +228,8 @@ class DecentralizedSimulation:
     self.consistent = False
     self.node_states, metrics = self.round_fn(
         self.node_states, self._train_x, self._train_y,
-        placement.put(inputs, self._inputs_sharding), np.int32(round_num),
+        placement.put(inputs, placement.cohort_sharding(self.mesh)),
+        np.int32(round_num),
         round_key)
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if not math.isfinite(metrics['train_loss']):
