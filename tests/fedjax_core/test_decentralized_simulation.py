@@ -3,8 +3,6 @@ equivalences with FedAvg, gossip's effect on consensus, node sampling,
 failures, Byzantine nodes, bit-identical resume and bad settings."""
 
 import os
-import subprocess
-import sys
 
 import jax
 from jax.flatten_util import ravel_pytree
@@ -12,6 +10,7 @@ import numpy as np
 import pytest
 
 import algorithms
+import eight_devices
 from fedjax_core import DecentralizedSimulation, GossipConfig
 from fedjax_core import Simulation, SimulationConfig
 from fedjax_core import SecureAggregation
@@ -22,7 +21,6 @@ from interruptions import fail_at_round
 import models
 
 NUM_NODES = 6
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
 
 @pytest.fixture(scope='module')
@@ -229,14 +227,8 @@ def test_resumed_run_is_bit_identical(dataset, tmp_path):
 def test_runs_on_eight_devices_equal_their_one_device_runs():
   """Sharded node states, ppermute gossip on a ring, and a padded sample of
   active nodes (`decentralized_sharded.py`, 8 forced CPU devices)."""
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
-                      ' --xla_force_host_platform_device_count=8').strip()
-  env['PYTHONPATH'] = os.pathsep.join([_REPO, env.get('PYTHONPATH', '')])
-  proc = subprocess.run(
-      [sys.executable, os.path.join(os.path.dirname(__file__),
-                                    'decentralized_sharded.py')],
-      env=env, cwd=_REPO, capture_output=True, text=True, timeout=300)
+  proc = eight_devices.run(
+      os.path.join(os.path.dirname(__file__), 'decentralized_sharded.py'))
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   assert 'ring_all_active: gossip by ring' in proc.stdout
   assert 'decentralized sharded: ok' in proc.stdout

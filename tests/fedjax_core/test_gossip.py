@@ -4,14 +4,13 @@ several steps, pytrees, consensus measures, errors and jit; and (slow) the
 `ppermute` kernels on 8 forced CPU devices in a subprocess."""
 
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import eight_devices
 from fedjax_core.channel import gossip
 from fedjax_core.channel import gossip_shifts
 from fedjax_core.channel import mixing_weights
@@ -19,8 +18,6 @@ from fedjax_core.channel import topology
 from fedjax_core.channel.mixing_weights import Mixing
 from fedjax_core.errors import SettingError
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
 _TOL = dict(rtol=1e-5, atol=1e-6)
 
 def _reference_matrix(neighbours, weights, self_weight):
@@ -273,14 +270,9 @@ def test_ppermute_kernels_on_eight_devices():
   """Ring N=32 and torus 8x4 sharded over 8 forced CPU devices equal the
   dense reference, and the compiled ring has collective-permutes and no
   all-gather (`gossip_sharded.py`)."""
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
-                      ' --xla_force_host_platform_device_count=8').strip()
-  env['PYTHONPATH'] = os.pathsep.join([_REPO, env.get('PYTHONPATH', '')])
-  proc = subprocess.run(
-      [sys.executable, os.path.join(os.path.dirname(__file__),
-                                    'gossip_sharded.py')],
-      env=env, cwd=_REPO, capture_output=True, text=True, timeout=120)
+  proc = eight_devices.run(
+      os.path.join(os.path.dirname(__file__), 'gossip_sharded.py'),
+      timeout=120)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   assert 'gossip sharded: ok' in proc.stdout
 

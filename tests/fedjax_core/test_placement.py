@@ -1,8 +1,5 @@
 """Tests of fedjax_core.engine.placement."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import chex
@@ -11,10 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import eight_devices
 from fedjax_core.engine import placement
-
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
 
 
 def _tree():
@@ -116,13 +111,7 @@ _SHARDED = textwrap.dedent('''
 def test_sharded_round_trip_on_eight_host_devices():
   """On an 8-device mesh a cohort is sharded one client per device and the
   jitted map + weighted mean still matches numpy."""
-  env = dict(os.environ)
-  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
-                      ' --xla_force_host_platform_device_count=8').strip()
-  env['JAX_PLATFORMS'] = 'cpu'
-  env['PYTHONPATH'] = _REPO + os.pathsep + env.get('PYTHONPATH', '')
-  proc = subprocess.run([sys.executable, '-c', _SHARDED], env=env, cwd=_REPO,
-                        capture_output=True, text=True, timeout=120)
+  proc = eight_devices.run('-c', _SHARDED, timeout=120)
   assert proc.returncode == 0, proc.stderr
   assert 'OK' in proc.stdout
 

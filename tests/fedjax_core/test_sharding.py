@@ -3,16 +3,12 @@ model and client state, whatever the placement of the cohort and of the
 client-state store."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+import eight_devices
 import sharded_runs
-
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
 
 
 @pytest.mark.slow
@@ -25,15 +21,8 @@ def test_one_and_eight_devices_give_the_same_model(tmp_path):
   whose devices run their 3 clients in `lax.map` chunks of 2, with the
   store sharded."""
   out = str(tmp_path / 'runs.npz')
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
-                      ' --xla_force_host_platform_device_count=8').strip()
-  env['PYTHONPATH'] = os.pathsep.join(
-      [_REPO, os.path.dirname(__file__), env.get('PYTHONPATH', '')])
-  proc = subprocess.run(
-      [sys.executable, os.path.join(os.path.dirname(__file__),
-                                    'sharded_runs.py'), out],
-      env=env, cwd=_REPO, capture_output=True, text=True, timeout=300)
+  proc = eight_devices.run(
+      os.path.join(os.path.dirname(__file__), 'sharded_runs.py'), out)
   assert proc.returncode == 0, proc.stderr[-3000:]
   runs = np.load(out)
   names = list(sharded_runs.PLACEMENTS)
