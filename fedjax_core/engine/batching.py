@@ -180,3 +180,41 @@ def cohort_batches(client_indices: ClientIndices,
     indices[slot, :len(batches)][real] = np.concatenate(batches)
     mask[slot, :len(batches)] = real
   return CohortBatches(indices=indices, mask=mask)
+
+
+class LocalWork:
+  """A run's local training: every client's real step count, the step
+  buckets its rounds are padded to, and each round's batches of a cohort.
+
+  Neither `local_epochs` nor `local_steps` set means one local epoch.
+
+  Examples:
+    >>> work = LocalWork(dataset.client_indices, seed=0, batch_size=10,
+    ...                  local_epochs=1, local_steps=None, cohort_size=5,
+    ...                  size_buckets=4)
+    >>> batches = work.batches(np.array([3, 7]), round_num=0)
+  """
+
+  def __init__(self, client_indices: ClientIndices, *, seed: int,
+               batch_size: int, local_epochs: int | None,
+               local_steps: int | None, cohort_size: int,
+               size_buckets: int):
+    if local_epochs is None and local_steps is None:
+      local_epochs = 1
+    self._client_indices = client_indices
+    self._seed = seed
+    self._batch_size = batch_size
+    self._local_epochs = local_epochs
+    self._local_steps = local_steps
+    self.steps = client_num_steps(client_indices.sizes, batch_size,
+                                  local_epochs, local_steps)
+    self.buckets = step_buckets(self.steps, cohort_size, size_buckets)
+
+  def batches(self, client_ids: np.ndarray, round_num: int) -> CohortBatches:
+    """The padded batches of cohort `client_ids` in round `round_num`, at
+    the smallest bucket that fits its largest client."""
+    return cohort_batches(
+        self._client_indices, client_ids, seed=self._seed,
+        round_num=round_num, batch_size=self._batch_size,
+        num_steps=bucket_steps(self.buckets, self.steps[client_ids]),
+        local_epochs=self._local_epochs, local_steps=self._local_steps)

@@ -105,15 +105,13 @@ class DecentralizedSimulation:
       self.method = gossip.choose_method(
           self.topology.name, num_nodes, self.topology.neighbours.shape[1],
           devices, grid=self.topology.grid)
-    self._local_epochs = config.local_epochs
-    if config.local_epochs is None and config.local_steps is None:
-      self._local_epochs = 1
-    self._node_steps = batching.client_num_steps(
-        dataset.client_sizes, config.batch_size, self._local_epochs,
-        config.local_steps)
     self.active_nodes = gossip_config.active_nodes or num_nodes
-    self.step_buckets = batching.step_buckets(
-        self._node_steps, self.active_nodes, config.size_buckets)
+    self._local_work = batching.LocalWork(
+        dataset.client_indices, seed=config.seed,
+        batch_size=config.batch_size, local_epochs=config.local_epochs,
+        local_steps=config.local_steps, cohort_size=self.active_nodes,
+        size_buckets=config.size_buckets)
+    self.step_buckets = self._local_work.buckets
     # The node axis is sharded when it divides over the devices. Otherwise
     # (and for a sample of nodes) the nodes that train are gathered inside
     # the round, padded to a multiple of the device count.
@@ -195,13 +193,7 @@ class DecentralizedSimulation:
     else:
       ids = sampling.sample_clients(self.config.seed, round_num, num_nodes,
                                     self.active_nodes)
-    batches = batching.cohort_batches(
-        self.dataset.client_indices, ids, seed=self.config.seed,
-        round_num=round_num, batch_size=self.config.batch_size,
-        num_steps=batching.bucket_steps(self.step_buckets,
-                                        self._node_steps[ids]),
-        local_epochs=self._local_epochs,
-        local_steps=self.config.local_steps)
+    batches = self._local_work.batches(ids, round_num)
     pad = 0
     if self._gathered:
       pad = -len(ids) % self.mesh.shape[placement.CLIENTS_AXIS]

@@ -106,14 +106,13 @@ class Simulation:
     config.validate(dataset.num_clients)
     self.config = config
     self.dataset = dataset
-    self._local_epochs = config.local_epochs
-    if config.local_epochs is None and config.local_steps is None:
-      self._local_epochs = 1
-    self._client_steps = batching.client_num_steps(
-        dataset.client_sizes, config.batch_size, self._local_epochs,
-        config.local_steps)
-    self.step_buckets = batching.step_buckets(
-        self._client_steps, config.clients_per_round, config.size_buckets)
+    self._local_work = batching.LocalWork(
+        dataset.client_indices, seed=config.seed,
+        batch_size=config.batch_size, local_epochs=config.local_epochs,
+        local_steps=config.local_steps,
+        cohort_size=config.clients_per_round,
+        size_buckets=config.size_buckets)
+    self.step_buckets = self._local_work.buckets
     self._algorithm = algorithm
     self.mesh = placement.client_mesh() if mesh is None else mesh
     self._cohort_sharding = placement.cohort_sharding(self.mesh)
@@ -155,7 +154,7 @@ class Simulation:
           config.sample_dp.noise_multiplier, delta=config.sample_dp.delta,
           accountant=config.sample_dp.accountant,
           batch_size=config.batch_size, client_sizes=dataset.client_sizes,
-          client_steps=self._client_steps)
+          client_steps=self._local_work.steps)
     # The round the run ends after: the last, or the last one the privacy
     # budget affords.
     self.final_round = config.num_rounds
@@ -264,13 +263,7 @@ class Simulation:
     else:
       ids = sampling.sample_clients(self.config.seed, round_num, num_clients,
                                     cohort)
-    batches = batching.cohort_batches(
-        self.dataset.client_indices, ids, seed=self.config.seed,
-        round_num=round_num, batch_size=self.config.batch_size,
-        num_steps=batching.bucket_steps(self.step_buckets,
-                                        self._client_steps[ids]),
-        local_epochs=self._local_epochs,
-        local_steps=self.config.local_steps)
+    batches = self._local_work.batches(ids, round_num)
     pad = cohort - len(ids) + (-cohort % self.mesh.shape[
         placement.CLIENTS_AXIS])
     padded_ids = np.concatenate([ids, np.zeros(pad, ids.dtype)])

@@ -193,3 +193,21 @@ def test_step_mode_batches_have_no_duplicate_rows():
                                 local_steps=3)
     for step in b.indices[0]:
       assert len(set(step.tolist())) == 4, (seed, step)
+
+
+def test_local_work_defaults_to_one_epoch_and_pads_to_the_bucket():
+  """Sizes [5, 12, 7], B=4, no epochs or steps given: one epoch, [2, 3, 2]
+  steps; one bucket pads every cohort to 3 steps; the batches are
+  cohort_batches' at that step count."""
+  indices = ClientIndices.from_lists(_CLIENTS)
+  work = batching.LocalWork(indices, seed=3, batch_size=4, local_epochs=None,
+                            local_steps=None, cohort_size=2, size_buckets=1)
+  np.testing.assert_array_equal(work.steps, [2, 3, 2])
+  np.testing.assert_array_equal(work.buckets, [3])
+  got = work.batches(np.array([0, 2]), round_num=5)
+  want = batching.cohort_batches(indices, np.array([0, 2]), seed=3,
+                                 round_num=5, batch_size=4, num_steps=3,
+                                 local_epochs=1)
+  np.testing.assert_array_equal(got.indices, want.indices)
+  np.testing.assert_array_equal(got.mask, want.mask)
+  assert got.mask[:, 2].sum() == 0  # Both clients' third step is padding.
