@@ -130,6 +130,8 @@ def _run_decentralized(name: str, datasets_by_seed: dict, model,
                                             script_flags.PROGRESS.value),
         config_from_flags.gossip_config(), mesh=config_from_flags.mesh())
     start()
+    if label:  # A single run's partition is written by `start()`.
+      _write_partition(run_dir, dataset)
     if placement.is_main_process():
       os.makedirs(run_dir, exist_ok=True)
       topology.draw(sim.topology, os.path.join(run_dir, 'topology.png'))

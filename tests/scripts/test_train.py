@@ -283,6 +283,7 @@ def test_a_decentralized_run_from_the_command_line(tmp_path):
     assert f'\ndfedavgm/seed_{seed} ' in table
     run_dir = tmp_path / f'seed_{seed}'
     assert (run_dir / 'topology.png').stat().st_size > 0
+    assert (run_dir / 'partition.json').exists()
     records = [json.loads(line) for line in
                (run_dir / 'metrics.jsonl').read_text().splitlines()]
     assert [r['round'] for r in records] == [1, 2, 3]
