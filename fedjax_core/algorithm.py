@@ -88,6 +88,28 @@ class ClientOutput(NamedTuple):
   metrics: Metrics
 
 
+class Personalization(NamedTuple):
+  """How a personalized algorithm's client is evaluated: its own model, on
+  its own held-out split (`fedjax_core.engine.personal_evaluation`).
+
+  Attributes:
+    personal_params: `(server_state, client_state, train, rng) -> params` of
+      the client's personal model. `client_state` is the client's state in
+      the store: its initial state if it was never sampled (or is a new
+      client that never trains), so the algorithm decides what such a client
+      gets (the global model, or a model fine-tuned from it). `train` is a
+      `Batch` of `[train_steps, batch, ...]` rows of the client's own
+      training split (masked), for algorithms that adapt at evaluation
+      (fine-tuning, a cluster's choice by loss); `rng` is the client's key.
+    train_steps: how many batches of its training split each client's
+      `personal_params` gets; 0 gives an empty `train`.
+  """
+
+  personal_params: Callable[[ServerState, ClientState, Batch, jax.Array],
+                            Params]
+  train_steps: int = 0
+
+
 class Algorithm(NamedTuple):
   """A federated algorithm as pure functions of pytrees.
 
@@ -115,6 +137,8 @@ class Algorithm(NamedTuple):
       absent or padding) that the mean hides, such as FedLoRA's aggregation
       error; None adds none. A simulator's diagnostic: it sees individual
       messages even where secure aggregation would hide them.
+    personalization: how each client's personal model is found and
+      evaluated; None for an algorithm with one global model.
   """
 
   server_init: Callable[[Params, jax.Array], ServerState]
@@ -130,6 +154,7 @@ class Algorithm(NamedTuple):
   full_params: Callable[[ServerState], Params] | None = None
   cohort_metrics: Callable[[ServerState, PyTree, jax.Array],
                            Metrics] | None = None
+  personalization: Personalization | None = None
 
   def evaluated_params(self, server_state: ServerState) -> Params:
     """The params of the model to evaluate."""

@@ -11,7 +11,7 @@ from models.attention import TransformerBlock
 from models.cnn import CifarCNN, MnistCNN, build_cnn
 from models.logreg import LogisticRegression
 from models.mlp import MLP
-from models.registry import MODEL_NAMES, Model, get_model
+from models.registry import MODEL_NAMES, Model, get_model, head_layers
 from models.transformer import CharTransformer, build_transformer
 from models.vit import ViT, build_vit
 
@@ -29,4 +29,5 @@ __all__ = [
     'build_transformer',
     'build_vit',
     'get_model',
+    'head_layers',
 ]

@@ -10,8 +10,10 @@ character transformer (Radford et al. 2019), a Vision Transformer
 
 from collections.abc import Callable
 import functools
+import re
 from typing import Any, NamedTuple
 
+from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -98,3 +100,30 @@ def _built_model(name: str, example_shape: tuple[int, ...],
   dummy = jnp.zeros((1, *example_shape), jnp.float32)
   return Model(init=jax.jit(lambda rng: module.init(rng, dummy)),
                apply=module.apply)
+
+
+def head_layers(name: str, example_shape: tuple[int, ...],
+                num_classes: int) -> str:
+  """A path regex naming the head of a registered model: the layer whose
+  2-D kernel maps to the `num_classes` logits (the last Dense), as the
+  personalized algorithms split a model into body and head.
+
+  Examples:
+    >>> head_layers('mlp', (784,), 10)
+    '^params/Dense_2/'
+
+  Raises:
+    ValueError: no such layer, or several (name the head explicitly).
+  """
+  params = jax.eval_shape(get_model(name, example_shape, num_classes).init,
+                          jax.random.key(0))
+  heads = sorted(path[:-1] for path, leaf
+                 in traverse_util.flatten_dict(params).items()
+                 if path[-1] == 'kernel' and leaf.ndim == 2
+                 and leaf.shape[-1] == num_classes)
+  if len(heads) != 1:
+    raise ValueError(
+        f'Model {name} has {len(heads)} Dense layers with {num_classes} '
+        'outputs, so its head is ambiguous; name the personal layers '
+        'explicitly by a path regex.')
+  return '^' + re.escape('/'.join(heads[0]) + '/')
