@@ -75,6 +75,14 @@ class ClientIndices:
     """`[len(rows)]` the client of each entry of `rows`."""
     return np.repeat(np.arange(len(self)), self.sizes)
 
+  def select(self, clients: np.ndarray) -> 'ClientIndices':
+    """The rows of `clients` only, as clients 0 to len(clients) - 1."""
+    clients = np.asarray(clients, np.int64)
+    sizes = self.sizes[clients]
+    rows = (np.concatenate([self[i] for i in clients]) if len(clients)
+            else np.zeros(0, np.int64))
+    return ClientIndices(rows, np.concatenate([[0], np.cumsum(sizes)]))
+
   def hold_out(self, fraction: float,
                seed: int) -> tuple['ClientIndices', 'ClientIndices']:
     """Splits every client's rows into (kept, held out).

@@ -86,6 +86,30 @@ class CentralDataset:
 
 
 @dataclasses.dataclass(frozen=True)
+class NewClients:
+  """Clients that never train, scored at evaluation on how well a model
+  personalized from their own training split serves them (new-client
+  generalization; e.g. Fallah et al. 2020, Collins et al. 2021).
+
+  Attributes:
+    client_indices: each new client's training rows of `train_x`.
+    local_test_indices: each new client's held-out rows of `train_x`.
+  """
+
+  client_indices: ClientIndices
+  local_test_indices: ClientIndices
+
+  def __post_init__(self):
+    if len(self.client_indices) != len(self.local_test_indices):
+      raise ValueError('New clients need as many held-out splits as '
+                       'training splits.')
+
+  @property
+  def num_clients(self) -> int:
+    return len(self.client_indices)
+
+
+@dataclasses.dataclass(frozen=True)
 class FederatedDataset:
   """Training rows of every client and a global test split.
 
@@ -102,6 +126,8 @@ class FederatedDataset:
       training as its own test split (for per-client metrics), or None.
     partition_info: how the clients were made (scheme and arguments), for
       the run's records, or None.
+    new_clients: clients held out of training (`client_indices` holds the
+      others), or None.
   """
 
   name: str
@@ -113,6 +139,7 @@ class FederatedDataset:
   num_classes: int
   local_test_indices: ClientIndices | None = None
   partition_info: dict[str, Any] | None = None
+  new_clients: NewClients | None = None
 
   def __post_init__(self):
     _check_splits(self.name, self.train_x, self.train_y, self.test_x,

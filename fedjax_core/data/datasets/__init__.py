@@ -3,6 +3,7 @@
 from fedjax_core.data.datasets.digits import load_digits
 from fedjax_core.data.datasets.registry import DATA_PARTS
 from fedjax_core.data.datasets.registry import DATASET_NAMES
+from fedjax_core.data.datasets.registry import check_holdout_clients
 from fedjax_core.data.datasets.registry import check_local_test_fraction
 from fedjax_core.data.datasets.registry import default_num_clients
 from fedjax_core.data.datasets.registry import default_partition
@@ -23,7 +24,7 @@ from fedjax_core.data.datasets.tfds_images import load_tfds
 
 __all__ = ['DATASET_NAMES', 'DATA_PARTS', 'DatasetNotPreparedError',
            'TEXT_NAMES', 'TFDS_NAMES', 'VOCAB_SIZE',
-           'check_local_test_fraction', 'decode',
+           'check_holdout_clients', 'check_local_test_fraction', 'decode',
            'default_num_clients', 'default_partition', 'encode', 'federate',
            'load_central', 'load_dataset', 'load_digits',
            'load_pydoc_topics', 'load_synthetic', 'load_tfds',

@@ -20,9 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from fedjax_core import streams
 from fedjax_core.data import partition as partition_lib
 from fedjax_core.errors import SettingError
+from fedjax_core.data.client_indices import ClientIndices
 from fedjax_core.data.federated import CentralDataset, FederatedDataset
+from fedjax_core.data.federated import NewClients
 from fedjax_core.data.datasets import text
 from fedjax_core.data.datasets import tfds_images
 from fedjax_core.data.datasets.digits import load_digits
@@ -54,6 +57,42 @@ def check_local_test_fraction(fraction: float) -> None:
   if not 0 <= fraction < 1:
     raise SettingError('local_test_fraction', 'local_test_fraction must be '
                        f'in [0, 1), got {fraction}.')
+
+
+def check_holdout_clients(fraction: float, local_test_fraction: float
+                          ) -> None:
+  """Raises SettingError unless `fraction` of the clients can be held out
+  of training as new clients: 0 <= fraction < 1, and clients hold out
+  test rows (`local_test_fraction` > 0) to score them on."""
+  if not 0 <= fraction < 1:
+    raise SettingError('holdout_clients', 'holdout_clients must be in '
+                       f'[0, 1), got {fraction}.')
+  if fraction > 0 and local_test_fraction == 0:
+    raise SettingError(
+        'holdout_clients', 'New clients (holdout_clients) are scored on '
+        'their own held-out rows; set local_test_fraction too (e.g. 0.2).')
+
+
+def _hold_out_clients(client_indices: ClientIndices,
+                      local_test: ClientIndices, fraction: float,
+                      seed: int) -> tuple[ClientIndices, ClientIndices,
+                                          NewClients]:
+  """Splits off `round(fraction * N)` seeded clients as new clients; the
+  training and held-out rows of the others, and the new clients."""
+  num_clients = len(client_indices)
+  count = round(fraction * num_clients)
+  if not 1 <= count < num_clients:
+    raise SettingError(
+        'holdout_clients', f'holdout_clients={fraction} holds out {count} '
+        f'of {num_clients} clients; at least one must train and one be '
+        'new. Change it or the number of clients.')
+  rng = np.random.default_rng((seed, streams.HOLDOUT_CLIENTS))
+  new = np.zeros(num_clients, bool)
+  new[rng.choice(num_clients, count, replace=False)] = True
+  kept = np.flatnonzero(~new)
+  new_clients = NewClients(client_indices.select(np.flatnonzero(new)),
+                           local_test.select(np.flatnonzero(new)))
+  return client_indices.select(kept), local_test.select(kept), new_clients
 
 
 def default_partition(name: str) -> str:
@@ -187,8 +226,8 @@ def load_central(name: str, *, num_clients: int, seed: int = 0,
 
 
 def federate(central: CentralDataset, client_indices, *,
-             local_test_fraction: float = 0.0, seed: int = 0,
-             partition_info: dict[str, Any] | None = None
+             local_test_fraction: float = 0.0, holdout_clients: float = 0.0,
+             seed: int = 0, partition_info: dict[str, Any] | None = None
              ) -> FederatedDataset:
   """Gives each client its rows and, optionally, a local test split.
 
@@ -197,14 +236,17 @@ def federate(central: CentralDataset, client_indices, *,
     client_indices: `ClientIndices` of the training rows per client.
     local_test_fraction: share of each client's rows held out as its own
       test split (`ClientIndices.hold_out`); 0 holds out nothing.
-    seed: seed of the hold-out draw.
+    holdout_clients: share of the clients that never train, kept as
+      `new_clients` (needs `local_test_fraction` > 0).
+    seed: seed of the hold-out draws.
     partition_info: how the split was made, kept for the run's records.
 
   Returns:
     The `FederatedDataset`.
   """
   check_local_test_fraction(local_test_fraction)
-  local_test = None
+  check_holdout_clients(holdout_clients, local_test_fraction)
+  local_test = new_clients = None
   if local_test_fraction > 0:
     client_indices, local_test = client_indices.hold_out(local_test_fraction,
                                                          seed)
@@ -213,11 +255,17 @@ def federate(central: CentralDataset, client_indices, *,
           'local_test_fraction',
           f'local_test_fraction={local_test_fraction} holds out no row: '
           'every client is too small. Raise it or use fewer clients.')
+  if holdout_clients > 0:
+    client_indices, local_test, new_clients = _hold_out_clients(
+        client_indices, local_test, holdout_clients, seed)
+    partition_info = {**(partition_info or {}),
+                      'new_clients': new_clients.num_clients}
   return FederatedDataset(
       name=central.name, train_x=central.train_x, train_y=central.train_y,
       client_indices=client_indices, test_x=central.test_x,
       test_y=central.test_y, num_classes=central.num_classes,
-      local_test_indices=local_test, partition_info=partition_info)
+      local_test_indices=local_test, partition_info=partition_info,
+      new_clients=new_clients)
 
 
 def load_dataset(name: str,
@@ -230,6 +278,7 @@ def load_dataset(name: str,
                  size_sigma: float | None = None,
                  min_client_size: int = 2,
                  local_test_fraction: float = 0.0,
+                 holdout_clients: float = 0.0,
                  data_dir: str | None = None,
                  synthetic_alpha: float = 1.0,
                  synthetic_beta: float = 1.0,
@@ -252,6 +301,8 @@ def load_dataset(name: str,
       'quantity_skew'.
     local_test_fraction: share of each client's rows held out as its own
       test split, for per-client metrics.
+    holdout_clients: share of the clients held out of training as new
+      clients (`FederatedDataset.new_clients`).
     data_dir: TFDS datasets (images and 'shakespeare') only: the TFDS data
       directory.
     synthetic_alpha: synthetic only: spread of the devices' models.
@@ -285,6 +336,7 @@ def load_dataset(name: str,
   client_indices = partition_lib.make_partition(
       partition, labels=central.train_y, groups=central.train_groups, **args)
   return federate(central, client_indices,
-                  local_test_fraction=local_test_fraction, seed=seed,
+                  local_test_fraction=local_test_fraction,
+                  holdout_clients=holdout_clients, seed=seed,
                   partition_info={'scheme': partition,
                                   'args': {**args, 'part': part}})
