@@ -12,6 +12,7 @@ AGGREGATION = 0x7fffffff   # the reduction and client-level DP
 ATTACK = 0x7ffffffe        # who is Byzantine, and their messages
 DOWNLINK = 0x7ffffffd      # the broadcast's compression
 GOSSIP = 0x7ffffffc        # decentralized rounds: failures, peers, attacks
+PERSONAL_EVAL = 0x7ffffffb  # the clients' keys of a personal evaluation
 
 # Folded into the AGGREGATION key.
 SECURE_SUM = 0             # secure aggregation's masks
@@ -35,10 +36,15 @@ AUGMENT = 0x617567
 
 # Host-side numpy streams, `default_rng((seed, round, TAG))`.
 SECAGG_PROTOCOL = 0x5ec    # secure aggregation's pair seeds and dropouts
+# Host-side numpy streams of a client, `default_rng((seed, round, client,
+# TAG))`.
+PERSONAL_BATCHES = 0xf7e   # the batches a personal evaluation adapts on
 # Folded into secure aggregation's key.
 SECAGG_PAIR_MASK = 0x9a17
 SECAGG_SELF_MASK = 0x5e1f
 # Host-side numpy streams of a run, `default_rng((seed, TAG))`.
 EVAL_NODES = 0xe7a1        # which nodes a decentralized run evaluates
+EVAL_CLIENTS = 0xe7a2      # which clients a personal evaluation scores
+HOLDOUT_CLIENTS = 0x401d   # which clients never train (new clients)
 # Folded into the root key `key(seed)`.
 BYZANTINE_NODES = 0xb72    # which nodes of a decentralized run are Byzantine

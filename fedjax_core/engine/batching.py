@@ -149,7 +149,8 @@ def cohort_batches(client_indices: ClientIndices,
                    client_ids: np.ndarray, *, seed: int, round_num: int,
                    batch_size: int, num_steps: int,
                    local_epochs: int | None = None,
-                   local_steps: int | None = None) -> CohortBatches:
+                   local_steps: int | None = None,
+                   stream: int | None = None) -> CohortBatches:
   """Builds the padded batches of one round's cohort.
 
   Args:
@@ -161,6 +162,9 @@ def cohort_batches(client_indices: ClientIndices,
     num_steps: static step count, at least every client's real steps.
     local_epochs: E passes; exclusive with `local_steps`.
     local_steps: fixed step count; exclusive with `local_epochs`.
+    stream: a `fedjax_core.streams` tag for batches drawn for another
+      purpose than the round's training (evaluation's fine-tuning); None
+      draws the training batches.
 
   Returns:
     The cohort's `CohortBatches`.
@@ -169,7 +173,8 @@ def cohort_batches(client_indices: ClientIndices,
   indices = np.zeros((cohort, num_steps, batch_size), np.int32)
   mask = np.zeros((cohort, num_steps, batch_size), np.float32)
   for slot, cid in enumerate(client_ids):
-    rng = np.random.default_rng((seed, round_num, int(cid)))
+    rng = np.random.default_rng(
+        (seed, round_num, int(cid)) + (() if stream is None else (stream,)))
     rows = client_indices[cid]
     if local_steps is not None:
       batches = _step_batches(rows, rng, batch_size, local_steps)

@@ -81,6 +81,9 @@ class SimulationConfig:
     rqm: randomized quantization of every client's message
       (`fedjax_core.channel.rqm`, Youn et al. 2023), with its privacy reported as
       `epsilon`; None: no RQM.
+    personal_eval_clients: how many clients a personalized algorithm's
+      evaluation scores, each its own model on its own held-out split (a
+      seeded sample, the same every time); 0 scores every client.
   """
 
   num_rounds: int
@@ -108,6 +111,7 @@ class SimulationConfig:
   uplink: uplink_lib.Uplink | None = None
   downlink: uplink_lib.Uplink | None = None
   rqm: rqm_lib.RQMSettings | None = None
+  personal_eval_clients: int = 0
 
   def validate(self, num_clients: int | None = None) -> None:
     """Raises `SettingError` naming the first bad setting and its fix;
@@ -128,6 +132,10 @@ class SimulationConfig:
     if self.local_epochs is not None and self.local_steps is not None:
       raise SettingError('local_epochs', 'Set local_epochs or local_steps, '
                          'not both.')
+    if self.personal_eval_clients < 0:
+      raise SettingError(
+          'personal_eval_clients', 'personal_eval_clients must be >= 0 (0 '
+          f'scores every client), got {self.personal_eval_clients}.')
     if num_clients is not None and self.clients_per_round > num_clients:
       raise SettingError(
           'clients_per_round',

@@ -38,7 +38,8 @@ from fedjax_core.engine.config import SimulationConfig, resolve_loop
 from fedjax_core.errors import SettingError
 # TrainingDivergedError, is_due and summarize are importable from here too.
 from fedjax_core.engine.driver import TrainingDivergedError, is_due, summarize
-from fedjax_core.engine.evaluation import Evaluator, LocalEvaluator
+from fedjax_core.engine.evaluation import Evaluator
+from fedjax_core.engine.personal_evaluation import ClientEvaluation
 from fedjax_core.engine.state_store import ClientStateStore
 from fedjax_core.engine.state_store import make_store, resolve_state_store
 
@@ -200,11 +201,13 @@ class Simulation:
     self.round_fn = self.compiled_round(algorithm)
     self._evaluator = Evaluator(model.apply, dataset.test_x, dataset.test_y,
                                 config.eval_batch_size)
-    self._local_evaluator = None
-    if dataset.local_test_indices is not None:
-      self._local_evaluator = LocalEvaluator(
-          model.apply, dataset.train_x, dataset.train_y,
-          dataset.local_test_indices, config.eval_batch_size)
+    self._client_evaluation = ClientEvaluation(
+        algorithm, model.apply, dataset, self._train_x, self._train_y,
+        initial_client_state=algorithm.client_state_init(params),
+        batch_size=config.batch_size,
+        eval_batch_size=config.eval_batch_size,
+        max_clients=config.personal_eval_clients, seed=config.seed,
+        mesh=self.mesh)
     self.completed_rounds = 0
     self._consistent = True  # server state, store and round count agree.
     self.history: list[dict[str, Any]] = []
@@ -221,11 +224,12 @@ class Simulation:
 
   def evaluate(self, server_state: PyTree = None) -> dict[str, float]:
     """Metrics of the global model in `server_state` (default: this run's)
-    on held-out data.
+    and of the clients' models on held-out data.
 
     `test_loss` and `test_accuracy` on the test split and, where clients
     hold out local test rows, the mean and 10th percentile over clients of
-    the accuracy on their own rows.
+    the accuracy on their own rows, of the global model and of the
+    clients' personal models (`ClientEvaluation`).
     """
     if server_state is None:
       server_state = self.server_state
@@ -234,9 +238,16 @@ class Simulation:
       params = placement.to_host(params)
     test = self._evaluator(params)
     metrics = {'test_loss': test['loss'], 'test_accuracy': test['accuracy']}
-    if self._local_evaluator:
-      metrics.update(self._local_evaluator(params))
+    metrics.update(self._client_evaluation(
+        server_state, params, self._algorithm_states, self.completed_rounds,
+        jax.random.fold_in(self.rounds_key, self.completed_rounds)))
     return metrics
+
+  def _algorithm_states(self, ids: np.ndarray) -> PyTree:
+    """The algorithm's client state of clients `ids` (without the client
+    stages' state), stacked."""
+    rows = self.store.gather(ids)
+    return rows.algorithm if self.channel.of_phase('client') else rows
 
   def _cohort_capacity(self) -> int:
     """Clients a round holds before padding to the device count: the cohort,
