@@ -12,7 +12,12 @@ Three families:
   rate 1), configured by a `LoRAConfig`;
 - decentralized learning (dpsgd, dfedavg, dfedavgm, dfedsam, gt_dsgd):
   node algorithms with local SGD and no server, run by
-  `fedjax_core.DecentralizedSimulation` over a graph.
+  `fedjax_core.DecentralizedSimulation` over a graph;
+- personalization (fedavg_ft, fedper, fedrep, fedbabu, lg_fedavg, ditto,
+  apfl, pfedme, per_fedavg_fo, per_fedavg_hf, ifca, hypcluster): local SGD,
+  clients weighted by example count, each client's model evaluated on its
+  own held-out rows; the body/head family splits the model by a path
+  regex (`personal_layers`).
 An algorithm's own hyperparameters are the keyword arguments of its factory;
 `hyperparameters(name)` lists them with their defaults.
 """
@@ -24,6 +29,18 @@ from algorithms.decentralized import dfedavg
 from algorithms.decentralized import dfedavgm
 from algorithms.decentralized import dfedsam
 from algorithms.decentralized import dpsgd
+from algorithms.apfl import apfl
+from algorithms.clustered import hypcluster
+from algorithms.clustered import ifca
+from algorithms.ditto import ditto
+from algorithms.fedavg_ft import fedavg_ft
+from algorithms.fedper import fedbabu
+from algorithms.fedper import fedper
+from algorithms.fedper import fedrep
+from algorithms.fedper import lg_fedavg
+from algorithms.per_fedavg import per_fedavg_fo
+from algorithms.per_fedavg import per_fedavg_hf
+from algorithms.pfedme import pfedme
 from algorithms.fedamd import fedamd
 from algorithms.fedavg import fedavg
 from algorithms.fedcm import fedcm
@@ -46,6 +63,7 @@ from fedjax_core.toolkit.dp_sgd import DPSGDConfig
 from fedjax_core.errors import SettingError
 from fedjax_core.toolkit.local_sgd import LocalSGD
 from fedjax_core.toolkit.lora import LoRAConfig
+from fedjax_core.toolkit.personal_layers import PersonalLayers
 
 PyTree = Any
 
@@ -94,16 +112,43 @@ _DECENTRALIZED_FAMILY: dict[str, Callable[..., Algorithm]] = {
     'dfedsam': dfedsam,
     'gt_dsgd': gradient_tracking,
 }
+# Factories `(apply_fn, local_sgd, server_optimizer, *, weighted,
+# [personal_layers], [model_init], **hyperparameters) -> Algorithm`.
+_PERSONAL_FAMILY: dict[str, Callable[..., Algorithm]] = {
+    'fedavg_ft': fedavg_ft,
+    'fedper': fedper,
+    'fedrep': fedrep,
+    'fedbabu': fedbabu,
+    'lg_fedavg': lg_fedavg,
+    'ditto': ditto,
+    'apfl': apfl,
+    'pfedme': pfedme,
+    'per_fedavg_fo': per_fedavg_fo,
+    'per_fedavg_hf': per_fedavg_hf,
+    'ifca': ifca,
+    'hypcluster': hypcluster,
+}
 LORA_ALGORITHMS = tuple(sorted(_LORA_FAMILY))
 DECENTRALIZED_ALGORITHMS = tuple(sorted(_DECENTRALIZED_FAMILY))
+PERSONAL_ALGORITHMS = tuple(sorted(_PERSONAL_FAMILY))
+# The personalized algorithms that split the model by `personal_layers`.
+SPLIT_MODEL_ALGORITHMS = tuple(
+    name for name in PERSONAL_ALGORITHMS
+    if 'personal_layers' in inspect.signature(
+        _PERSONAL_FAMILY[name]).parameters)
+# The algorithms whose `personal_layers` name the body (all but the head),
+# not the head.
+_PERSONAL_BODY = ('lg_fedavg',)
 ALGORITHM_NAMES = tuple(sorted({**_FEDAVG_FAMILY, **_LOCAL_SGD_FAMILY,
-                                **_LORA_FAMILY, **_DECENTRALIZED_FAMILY}))
+                                **_LORA_FAMILY, **_DECENTRALIZED_FAMILY,
+                                **_PERSONAL_FAMILY}))
 # Every factory by its name, re-exported by `algorithms/__init__.py`, so a
 # new algorithm is its module, its entry above and its test.
 FACTORIES: dict[str, Callable[..., Algorithm]] = {
     'fedavg': fedavg, **_LOCAL_SGD_FAMILY, **_LORA_FAMILY,
-    **_DECENTRALIZED_FAMILY}
-_ENGINE_ARGUMENTS = ('num_clients',)
+    **_DECENTRALIZED_FAMILY, **_PERSONAL_FAMILY}
+_ENGINE_ARGUMENTS = ('num_clients', 'weighted', 'personal_layers',
+                     'model_init')
 
 
 def _check_name(name: str) -> None:
@@ -122,8 +167,7 @@ def hyperparameters(name: str) -> dict[str, Any]:
   _check_name(name)
   if name in _FEDAVG_FAMILY or name in _LORA_FAMILY:
     return {}
-  signature = inspect.signature(
-      {**_LOCAL_SGD_FAMILY, **_DECENTRALIZED_FAMILY}[name])
+  signature = inspect.signature(FACTORIES[name])
   return {p.name: p.default for p in signature.parameters.values()
           if p.kind is p.KEYWORD_ONLY and p.name not in _ENGINE_ARGUMENTS}
 
@@ -184,6 +228,13 @@ def _checked_hyperparameters(name: str, given: dict[str, Any]
     if isinstance(default, float) and not isinstance(value, (int, float)):
       raise ValueError(f'{name} hyperparameter {key} is a number (default '
                        f'{default!r}), got {value!r}.')
+    if isinstance(default, int) and not isinstance(default, bool):
+      if is_traced(value) or not (isinstance(value, (int, float))
+                                  and float(value).is_integer()):
+        raise ValueError(f'{name} hyperparameter {key} is a whole number '
+                         f'(default {default!r}), got {value!r}; it fixes '
+                         'array shapes, so runs cannot be vmapped over it.')
+      value = int(value)
     checked[key] = float(value) if isinstance(default, float) else value
   return checked
 
@@ -213,6 +264,40 @@ def _check_no_server(name: str, server_optimizer: str | None,
           'does not apply. Drop it.')
 
 
+def default_personal_layers(name: str, head: str) -> str:
+  """The `personal_layers` of algorithm `name` for a model whose head is
+  the path regex `head` (`models.head_layers`): the head, or for LG-FedAvg
+  (personal body, shared head) everything but it."""
+  if name in _PERSONAL_BODY:
+    return PersonalLayers(head).complement().pattern
+  return head
+
+
+def _personal_arguments(name: str, personal_layers: str | None,
+                        model_init: Callable[[Any], PyTree] | None
+                        ) -> dict[str, Any]:
+  """The engine arguments of a personalized algorithm's factory; refuses
+  `personal_layers` where the algorithm does not split the model."""
+  arguments = {}
+  if name in SPLIT_MODEL_ALGORITHMS:
+    if personal_layers is None:
+      raise SettingError(
+          'personal_layers', f'{name} keeps some layers per client; give '
+          'personal_layers, a path regex such as models.head_layers(...).')
+    arguments['personal_layers'] = personal_layers
+  elif personal_layers is not None:
+    raise SettingError(
+        'personal_layers', f'{name} does not split the model into shared '
+        'and personal layers; drop personal_layers (it applies to '
+        f'{", ".join(SPLIT_MODEL_ALGORITHMS)}).')
+  if 'model_init' in inspect.signature(_PERSONAL_FAMILY[name]).parameters:
+    if model_init is None:
+      raise ValueError(f'{name} draws models of its own; pass model_init '
+                       '(the model\'s init function).')
+    arguments['model_init'] = model_init
+  return arguments
+
+
 def build_algorithm(name: str, apply_fn: Callable[[PyTree, Any], Any], *,
                     num_clients: int, client_optimizer: str = 'sgd',
                     client_lr: float = 0.1, client_lr_decay: float = 1.0,
@@ -224,7 +309,10 @@ def build_algorithm(name: str, apply_fn: Callable[[PyTree, Any], Any], *,
                     weighted: bool | None = None,
                     hparams: dict[str, Any] | None = None,
                     dp_sgd: DPSGDConfig | None = None,
-                    lora: LoRAConfig | None = None) -> Algorithm:
+                    lora: LoRAConfig | None = None,
+                    personal_layers: str | None = None,
+                    model_init: Callable[[Any], PyTree] | None = None
+                    ) -> Algorithm:
   """Builds algorithm `name` for a model and a population.
 
   Args:
@@ -250,6 +338,10 @@ def build_algorithm(name: str, apply_fn: Callable[[PyTree, Any], Any], *,
       families).
     lora: the LoRA algorithms' adapted kernels, rank and alpha (default
       `LoRAConfig()`); other algorithms refuse it.
+    personal_layers: the body/head algorithms' path regex of the layers
+      kept per client (`default_personal_layers`); others refuse it.
+    model_init: `(rng) -> params` of the model, for the clustered
+      algorithms, which draw one model per cluster.
 
   Returns:
     The algorithm.
@@ -281,6 +373,21 @@ def build_algorithm(name: str, apply_fn: Callable[[PyTree, Any], Any], *,
       momentum=server_momentum)
   if name in _DECENTRALIZED_FAMILY:
     return _DECENTRALIZED_FAMILY[name](apply_fn, local_sgd, **checked)
+  if name in _PERSONAL_FAMILY:
+    _check_plain_sgd(name, client_optimizer)
+    for setting, value in (('dp_sgd', dp_sgd), ('lora', lora)):
+      if value is not None:
+        raise SettingError(setting, f'{name} is personalized; {setting} '
+                           'does not apply to it. Drop it (client-level DP, '
+                           'client_dp, does).')
+    return _PERSONAL_FAMILY[name](
+        apply_fn, local_sgd, server_tx,
+        weighted=True if weighted is None else weighted,
+        **_personal_arguments(name, personal_layers, model_init), **checked)
+  if personal_layers is not None:
+    raise SettingError('personal_layers', f'{name} has one global model; '
+                       'personal_layers applies to '
+                       f'{", ".join(PERSONAL_ALGORITHMS)}. Drop it.')
   if lora is not None and name not in _LORA_FAMILY:
     raise SettingError('lora', f'LoRA settings (lora) apply to '
                        f'{", ".join(LORA_ALGORITHMS)}, not {name}; drop them '

@@ -1,6 +1,8 @@
 """The name -> algorithm registry: hyperparameters, their parsing and the
 errors a user sees for bad ones."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -14,6 +16,9 @@ ISSUE_NAMES = ('fedavg', 'fedavgm', 'fedadam', 'fedyogi', 'fedadagrad',
                'fedsam', 'fedasam', 'mofedsam', 'fedgamma', 'fedspeed',
                'fedsmoo', 'fedamd', 'fedlora', 'ffa_lora')
 DECENTRALIZED_NAMES = ('dpsgd', 'dfedavg', 'dfedavgm', 'dfedsam', 'gt_dsgd')
+PERSONAL_NAMES = ('fedavg_ft', 'fedper', 'fedrep', 'fedbabu', 'lg_fedavg',
+                  'ditto', 'apfl', 'pfedme', 'per_fedavg_fo', 'per_fedavg_hf',
+                  'ifca', 'hypcluster')
 
 
 def _build(name, **kwargs):
@@ -22,14 +27,53 @@ def _build(name, **kwargs):
 
 
 def test_every_name_of_the_command_line_builds():
-  assert set(ISSUE_NAMES + DECENTRALIZED_NAMES) == set(
+  assert set(ISSUE_NAMES + DECENTRALIZED_NAMES + PERSONAL_NAMES) == set(
       algorithms.ALGORITHM_NAMES)
   assert set(DECENTRALIZED_NAMES) == set(algorithms.DECENTRALIZED_ALGORITHMS)
+  assert set(PERSONAL_NAMES) == set(algorithms.PERSONAL_ALGORITHMS)
   for name in ISSUE_NAMES + DECENTRALIZED_NAMES:
     lora = None
     if name in algorithms.LORA_ALGORITHMS:
       lora = LoRAConfig(targets='Dense_0')
     assert _build(name, lora=lora).server_update is not None
+  for name in PERSONAL_NAMES:
+    layers = None
+    if name in algorithms.SPLIT_MODEL_ALGORITHMS:
+      layers = algorithms.default_personal_layers(name, '^params/Dense_0/b')
+    algorithm = _build(name, personal_layers=layers,
+                       model_init=tiny.model().init)
+    assert algorithm.personalization is not None
+
+
+def test_split_model_algorithms_and_their_default_layers():
+  assert algorithms.SPLIT_MODEL_ALGORITHMS == (
+      'fedbabu', 'fedper', 'fedrep', 'lg_fedavg')
+  head = '^params/Dense_2/'
+  assert algorithms.default_personal_layers('fedper', head) == head
+  body = algorithms.default_personal_layers('lg_fedavg', head)
+  assert re.search(body, 'params/Dense_0/kernel')
+  assert not re.search(body, 'params/Dense_2/kernel')
+
+
+@pytest.mark.parametrize('name, kwargs, match', [
+    ('fedper', {}, 'fedper keeps some layers per client; give '
+     'personal_layers'),
+    ('ditto', {'personal_layers': 'x'}, 'ditto does not split the model'),
+    ('fedavg', {'personal_layers': 'x'}, 'fedavg has one global model'),
+    ('ditto', {'client_optimizer': 'adam'}, 'plain local SGD'),
+    ('ifca', {}, 'pass model_init')])
+def test_personal_settings_errors(name, kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    _build(name, **kwargs)
+
+
+def test_whole_number_hyperparameters():
+  assert algorithms.hyperparameters('fedrep') == {'finetune_steps': 5,
+                                                  'head_steps': 5}
+  algorithm = _build('fedavg_ft', hparams={'finetune_steps': 3.0})
+  assert algorithm.personalization.train_steps == 3
+  with pytest.raises(ValueError, match='finetune_steps is a whole number'):
+    _build('fedavg_ft', hparams={'finetune_steps': 2.5})
 
 
 @pytest.mark.parametrize('setting, value', [
