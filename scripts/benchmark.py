@@ -17,7 +17,9 @@ what it runs and what each figure it reports means:
     growing populations;
   sweep: 8 seeds of `scripts.train` in one program against 8 processes;
   gossip: decentralized rounds (256 nodes on a ring) against FedAvg's, the
-    three mixing kernels, and 256 against 1,024 nodes.
+    three mixing kernels, and 256 against 1,024 nodes;
+  personal_eval: scoring 1,000 clients' personal models on their own
+    held-out rows against one round of a 10-client cohort.
 The placement flags (--loop, --clients_in_parallel, --state_store,
 --mesh_shape, --cpu_devices) apply to every workload.
 
@@ -30,6 +32,7 @@ Examples:
   python -m scripts.benchmark --workload=robustness
   python -m scripts.benchmark --workload=sweep --json
   python -m scripts.benchmark --workload=gossip
+  python -m scripts.benchmark --workload=personal_eval
   python -m scripts.benchmark --workload=mlp --loop=scan --json
 """
 
@@ -49,6 +52,7 @@ from scripts.benchmarks import fedspeed
 from scripts.benchmarks import gossip
 from scripts.benchmarks import harness
 from scripts.benchmarks import mlp
+from scripts.benchmarks import personal_eval
 from scripts.benchmarks import population
 from scripts.benchmarks import privacy
 from scripts.benchmarks import resnet18_gn
@@ -60,7 +64,8 @@ _MODULES = {'mlp': mlp, 'cnn_cifar': cnn_cifar, 'resnet18_gn': resnet18_gn,
             'population': population, 'fedspeed': fedspeed,
             'privacy': privacy, 'dp_accounting': dp_accounting,
             'robustness': robustness, 'cohort_assembly': cohort_assembly,
-            'sweep': sweep, 'gossip': gossip}
+            'sweep': sweep, 'gossip': gossip,
+            'personal_eval': personal_eval}
 WORKLOADS = tuple(_MODULES)
 # Workloads whose limits run in a child process, by `limits()`.
 _LIMITED = ('mlp', 'cnn_cifar')

@@ -8,8 +8,8 @@ ValueError (naming the flag) where the flags contradict each other.
 Examples:
   >>> config = config_from_flags.simulation_config(seed=0, workdir=None,
   ...                                              progress=False)
-  >>> algorithm = config_from_flags.build_algorithm('fedavg', model.apply,
-  ...                                               num_clients=20)
+  >>> algorithm = config_from_flags.build_algorithm('fedavg', model,
+  ...                                               dataset)
 """
 
 import functools
@@ -31,6 +31,7 @@ from fedjax_core.engine import placement
 from fedjax_core.engine import simulation
 from fedjax_core.toolkit import dp_sgd
 from fedjax_core.toolkit import lora
+import models
 from scripts import flags as script_flags
 
 
@@ -164,7 +165,8 @@ def simulation_config(seed: int, workdir: str | None,
       participation=participation(),
       size_buckets=script_flags.SIZE_BUCKETS.value,
       augment=script_flags.AUGMENT.value, **privacy_settings(),
-      **byzantine_settings())
+      **byzantine_settings(),
+      personal_eval_clients=script_flags.PERSONAL_EVAL_CLIENTS.value)
 
 
 def gossip_config() -> fedjax_core.GossipConfig:
@@ -203,18 +205,32 @@ def _lora_config() -> lora.LoRAConfig:
                          targets=script_flags.LORA_TARGETS.value)
 
 
-def build_algorithm(name: str, apply_fn, num_clients: int,
+def personal_layers(name: str, dataset) -> str | None:
+  """--personal_layers of algorithm `name`, by default `name`'s split of
+  --model's head for `dataset`; None for the algorithms that do not split
+  the model."""
+  if name not in algorithms.SPLIT_MODEL_ALGORITHMS:
+    return None
+  if script_flags.PERSONAL_LAYERS.value:
+    return script_flags.PERSONAL_LAYERS.value
+  head = models.head_layers(script_flags.MODEL.value, dataset.example_shape,
+                            dataset.num_classes)
+  return algorithms.default_personal_layers(name, head)
+
+
+def build_algorithm(name: str, model: models.Model, dataset,
                     overrides: dict | None = None):
-  """Builds algorithm `name` from the flags; `overrides` replaces the
-  client_lr, server_lr or algorithm hyperparameters they name (numbers, or
-  tracers of a run axis)."""
+  """Builds algorithm `name` for `model` and `dataset` from the flags;
+  `overrides` replaces the client_lr, server_lr or algorithm
+  hyperparameters they name (numbers, or tracers of a run axis)."""
   overrides = dict(overrides or {})
   client_lr = overrides.pop('client_lr', script_flags.CLIENT_LR.value)
   server_lr = overrides.pop('server_lr', script_flags.SERVER_LR.value)
   hparams = algorithms.hyperparameters_for(
       name, algorithms.parse_hyperparameters(script_flags.HPARAMS.value))
+  personal = name in algorithms.PERSONAL_ALGORITHMS
   return algorithms.build_algorithm(
-      name, apply_fn, num_clients=num_clients,
+      name, model.apply, num_clients=dataset.num_clients,
       client_optimizer=script_flags.CLIENT_OPTIMIZER.value,
       client_lr=client_lr,
       client_lr_decay=script_flags.CLIENT_LR_DECAY.value,
@@ -225,7 +241,9 @@ def build_algorithm(name: str, apply_fn, num_clients: int,
       server_momentum=script_flags.SERVER_MOMENTUM.value,
       weighted=script_flags.WEIGHTED.value,
       hparams={**hparams, **overrides}, dp_sgd=_dp_sgd_config(),
-      lora=_lora_config() if name in algorithms.LORA_ALGORITHMS else None)
+      lora=_lora_config() if name in algorithms.LORA_ALGORITHMS else None,
+      personal_layers=personal_layers(name, dataset),
+      model_init=model.init if personal else None)
 
 
 def vmapped_values(names: list[str]) -> tuple[str | None, list[float]]:
@@ -285,6 +303,14 @@ def check(names: list[str]) -> None:
     except ValueError as e:
       raise ValueError(f'--dirichlet_alpha: {e}') from None
   datasets.check_local_test_fraction(script_flags.LOCAL_TEST_FRACTION.value)
+  datasets.check_holdout_clients(script_flags.HOLDOUT_CLIENTS.value,
+                                 script_flags.LOCAL_TEST_FRACTION.value)
+  personal = sorted(set(names) & set(algorithms.PERSONAL_ALGORITHMS))
+  if personal and script_flags.LOCAL_TEST_FRACTION.value == 0:
+    raise ValueError(
+        f'--local_test_fraction: the personalized algorithms '
+        f'({", ".join(personal)}) are scored on each client\'s own held-out '
+        'rows; set --local_test_fraction (e.g. 0.2).')
   if num_clients is None:
     num_clients = datasets.default_num_clients(dataset)
   simulation_config(script_flags.SEED.value, None, False).validate(
@@ -323,6 +349,7 @@ def load_dataset(seed: int) -> fedjax_core.FederatedDataset:
       classes_per_client=script_flags.CLASSES_PER_CLIENT.value,
       size_sigma=script_flags.SIZE_SIGMA.value,
       local_test_fraction=script_flags.LOCAL_TEST_FRACTION.value,
+      holdout_clients=script_flags.HOLDOUT_CLIENTS.value,
       data_dir=script_flags.DATA_DIR.value,
       synthetic_alpha=script_flags.SYNTHETIC_ALPHA.value,
       synthetic_beta=script_flags.SYNTHETIC_BETA.value,

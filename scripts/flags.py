@@ -95,6 +95,14 @@ _PEER_ATTACKING = Switch('--peer_attack',
 _LORA = Switch('--algorithm=fedlora or ffa_lora',
                lambda: bool(set(ALGORITHM.value)
                             & set(algorithms.LORA_ALGORITHMS)))
+_PERSONAL = Switch(
+    'a personalized --algorithm '
+    f'({"|".join(algorithms.PERSONAL_ALGORITHMS)})',
+    lambda: bool(set(ALGORITHM.value) & set(algorithms.PERSONAL_ALGORITHMS)))
+_SPLIT_MODEL = Switch(
+    f'--algorithm={"|".join(algorithms.SPLIT_MODEL_ALGORITHMS)}',
+    lambda: bool(set(ALGORITHM.value)
+                 & set(algorithms.SPLIT_MODEL_ALGORITHMS)))
 
 ALGORITHM = flags.DEFINE_list(
     'algorithm', ['fedavg', 'fedadam'],
@@ -141,6 +149,22 @@ LOCAL_TEST_FRACTION = flags.DEFINE_float(
     'local_test_fraction', 0.0, 'Share of each client\'s examples held out '
     'as its own test split; evaluation then also reports the mean and 10th '
     'percentile of per-client accuracy.')
+HOLDOUT_CLIENTS = flags.DEFINE_float(
+    'holdout_clients', 0.0, 'Share of the clients that never train (a '
+    'seeded choice): at evaluation each is personalized the algorithm\'s '
+    'way from its own training split and scored on its own held-out rows '
+    '(newclient_accuracy_mean). Needs --local_test_fraction.')
+PERSONAL_LAYERS = _define(
+    flags.DEFINE_string,
+    'personal_layers', None, 'Path regex (searched in each parameter\'s '
+    '/-joined path, e.g. ^params/Dense_2/) of the layers kept per client by '
+    'the body/head algorithms; default: the model\'s head (its last Dense), '
+    'and all but the head for lg_fedavg.', needs=_SPLIT_MODEL)
+PERSONAL_EVAL_CLIENTS = _define(
+    flags.DEFINE_integer,
+    'personal_eval_clients', 0, 'Clients whose personal models each '
+    'evaluation scores on their own held-out rows: a fixed seeded sample, '
+    'for large populations; 0 scores every client.', needs=_PERSONAL)
 AUGMENT = flags.DEFINE_bool(
     'augment', False, 'Random crop (padding H/8) and horizontal flip of '
     'every local batch, inside the compiled round (the CIFAR recipe).')

@@ -99,8 +99,7 @@ def _describe(name: str, sim: simulation.Simulation, workdir: str) -> None:
 def _run_one(name: str, dataset, model, workdir: str, start) -> dict:
   """Trains algorithm `name` and returns its summary; calls `start()` once
   the run is built and checked, before it writes anything."""
-  algorithm = config_from_flags.build_algorithm(name, model.apply,
-                                                dataset.num_clients)
+  algorithm = config_from_flags.build_algorithm(name, model, dataset)
   config = config_from_flags.simulation_config(
       script_flags.SEED.value, workdir, script_flags.PROGRESS.value)
   sim = simulation.Simulation(algorithm, model, dataset, config,
@@ -123,8 +122,7 @@ def _run_decentralized(name: str, datasets_by_seed: dict, model,
     label = f'seed_{seed}' if len(datasets_by_seed) > 1 else ''
     run_dir = os.path.join(workdir, label) if label else workdir
     sim = fedjax_core.DecentralizedSimulation(
-        config_from_flags.build_algorithm(name, model.apply,
-                                          dataset.num_clients),
+        config_from_flags.build_algorithm(name, model, dataset),
         model, dataset,
         config_from_flags.simulation_config(seed, run_dir,
                                             script_flags.PROGRESS.value),
@@ -177,8 +175,8 @@ def _run_vmapped(name: str, datasets_by_seed: dict, model, workdir: str,
       label = os.path.join(*([] if hparam is None else [f'{hparam}={value:g}']),
                            f'seed_{seed}')
       sim = simulation.Simulation(
-          config_from_flags.build_algorithm(name, model.apply,
-                                            dataset.num_clients, overrides),
+          config_from_flags.build_algorithm(name, model, dataset,
+                                            overrides),
           model, dataset,
           config_from_flags.simulation_config(seed, None, False),
           mesh=config_from_flags.mesh())
@@ -193,7 +191,7 @@ def _run_vmapped(name: str, datasets_by_seed: dict, model, workdir: str,
   group = fedjax_core.VmappedRuns(
       runs, workdir=workdir, progress=script_flags.PROGRESS.value,
       algorithm_for=lambda h: config_from_flags.build_algorithm(
-          name, model.apply, runs[0].simulation.dataset.num_clients, h))
+          name, model, runs[0].simulation.dataset, h))
   summaries = dict(zip(labels, group.run()))
   for label, summary in summaries.items():
     _report(f'{name}/{label}', summary)
@@ -255,18 +253,30 @@ def _seed_means(summaries: dict[str, dict]) -> list[str]:
           for group, accs in groups.items() if len(accs) > 1]
 
 
+# Columns a table shows when some run has the summary entry: the mean over
+# clients of the global model's accuracy on their own held-out rows, of
+# their personal models' and of new clients' (personalized).
+_CLIENT_COLUMNS = (('local acc', 'final_local_test_accuracy_mean'),
+                   ('pers acc', 'final_personal_accuracy_mean'),
+                   ('new acc', 'final_newclient_accuracy_mean'))
+
+
 def format_table(summaries: dict[str, dict]) -> str:
   """A plain-text table of each algorithm's accuracy and time (and the
   epsilon spent, under DP); a run that diverged shows where instead.
 
   `wall s` is the time of all its rounds, compiles included, evaluation
-  excluded; `s/round` the mean round once compiled.
+  excluded; `s/round` the mean round once compiled. Where clients hold out
+  rows of their own, the per-client accuracies of `_CLIENT_COLUMNS` follow.
   """
   private = any('epsilon' in s for s in summaries.values())
+  columns = [(title, key) for title, key in _CLIENT_COLUMNS
+             if any(key in s for s in summaries.values())]
   width = max([12, *map(len, summaries)])
   header = (f'{"algorithm":<{width}} {"final acc":>9} {"best acc":>9} '
             f'{"best round":>10} {"train loss":>10} {"wall s":>8} '
-            f'{"s/round":>8}' + (f' {"epsilon":>8}' if private else ''))
+            f'{"s/round":>8}' + (f' {"epsilon":>8}' if private else '')
+            + ''.join(f' {title:>9}' for title, _ in columns))
   lines = [header, '-' * len(header)]
   for name, s in summaries.items():
     if 'diverged' in s:
@@ -278,7 +288,9 @@ def format_table(summaries: dict[str, dict]) -> str:
         f'{s["best_test_accuracy"]:>9.4f} {s["best_round"]:>10d} '
         f'{s["final_train_loss"]:>10.4f} {s["wall_s"]:>8.1f} '
         + (f'{per_round:>8.3f}' if per_round is not None else f'{"-":>8}')
-        + (f' {s["epsilon"]:>8.3g}' if private else ''))
+        + (f' {s["epsilon"]:>8.3g}' if private else '')
+        + ''.join(f' {s[key]:>9.4f}' if key in s else f' {"-":>9}'
+                  for _, key in columns))
   return '\n'.join(lines)
 
 
@@ -353,8 +365,7 @@ def main(argv):
     dataset = datasets_by_seed[first_seed]
     model = _model(dataset)
     for name in names:  # Rejects bad names and settings before any training.
-      config_from_flags.build_algorithm(name, model.apply,
-                                        dataset.num_clients)
+      config_from_flags.build_algorithm(name, model, dataset)
     print(f'{dataset.name}: {len(dataset.train_y)} train / '
           f'{len(dataset.test_y)} test examples; model '
           f'{script_flags.MODEL.value}')

@@ -144,6 +144,20 @@ BAD_INPUT = [
      ('--aggregator', 'A decentralized run has no server')),
     ('--algorithm=fedavg,dfedavg --server_lr=0.5',
      ('--server_lr', 'dfedavg is decentralized')),
+    ('--algorithm=fedavg,fedper', ('--local_test_fraction',
+                                   'personalized algorithms (fedper)')),
+    ('--personal_layers=Dense', '--personal_layers has no effect without '
+     '--algorithm=fedbabu|fedper|fedrep|lg_fedavg'),
+    ('--algorithm=fedper --local_test_fraction=0.3 --personal_layers=Conv',
+     ('--personal_layers', "'Conv' matches no parameter")),
+    ('--holdout_clients=0.5', ('--holdout_clients',
+                               'set local_test_fraction')),
+    ('--local_test_fraction=0.3 --holdout_clients=0.01',
+     ('--holdout_clients', 'holds out 0 of 6 clients')),
+    ('--algorithm=ditto --local_test_fraction=0.3 --personal_eval_clients=-1',
+     ('--personal_eval_clients', 'must be >= 0')),
+    ('--algorithm=fedavg_ft --local_test_fraction=0.3 '
+     '--hparams=finetune_steps=2.5', 'finetune_steps is a whole number'),
 ]
 
 
@@ -249,7 +263,7 @@ def test_a_workdir_resumes_only_its_own_configuration(tmp_path):
 
 @pytest.mark.slow
 def test_every_algorithm_runs_from_the_command_line(tmp_path):
-  """One process trains each of the 19 algorithms for a round, with its own
+  """One process trains each algorithm for a round, with its own
   hyperparameters passed through --hparams (qualified by name)."""
   names = sorted(algorithms.ALGORITHM_NAMES)
   result = _train(
@@ -258,6 +272,7 @@ def test_every_algorithm_runs_from_the_command_line(tmp_path):
       '--progress=false', '--client_lr=0.01', '--client_lr_decay=0.99',
       '--weight_decay=1e-3', '--max_grad_norm=10', f'--workdir={tmp_path}',
       f'--algorithm={",".join(names)}', '--lora_targets=Dense_0',
+      '--local_test_fraction=0.3', '--personal_layers=bias$',
       '--hparams=fedprox.mu=0.1,fedspeed.form=reference,fedsam.rho=0.05')
   assert result.returncode == 0, result.stderr
   table = _table(result.stdout)
@@ -419,6 +434,43 @@ def test_num_seeds_runs_each_seed_as_its_single_run(tmp_path):
   mean, std = np.mean(accuracies), np.std(accuracies, ddof=1)
   assert (f'fedprox: final test accuracy {mean:.4f} +- {std:.4f} over 2 '
           'seeds') in both.stdout
+
+
+PERSONAL = [*SMALL, '--num_clients=8', '--local_test_fraction=0.3',
+            '--holdout_clients=0.25', '--dataset=synthetic']
+
+
+@pytest.mark.slow
+def test_personalized_runs_vmap_seeds_and_resume_bit_identically(tmp_path):
+  """Ditto's personal models through --num_seeds equal its single run; an
+  interrupted FedPer run resumes its clients' heads from the checkpoint and
+  ends with the uninterrupted run's records; the table shows the global
+  model's, the personal models' and the new clients' accuracy."""
+  both = _train(*PERSONAL, '--algorithm=ditto', '--seed=3', '--num_seeds=2',
+                f'--workdir={tmp_path / "both"}')
+  assert both.returncode == 0, both.stderr
+  one = _train(*PERSONAL, '--algorithm=ditto', '--seed=4',
+               f'--workdir={tmp_path / "one"}')
+  assert one.returncode == 0, one.stderr
+  vmapped = _records(tmp_path / 'both' / 'seed_4' / 'metrics.jsonl')
+  assert vmapped == _records(tmp_path / 'one' / 'metrics.jsonl')
+  assert {'personal_accuracy_mean', 'newclient_accuracy_mean'} <= set(
+      vmapped[-1])
+
+  whole = _train(*PERSONAL, '--algorithm=fedavg,fedper', '--model=mlp',
+                 f'--workdir={tmp_path / "whole"}')
+  assert whole.returncode == 0, whole.stderr
+  assert 'local acc  pers acc   new acc' in _table(whole.stdout)
+  short = [f for f in PERSONAL if f != '--num_rounds=3'] + ['--model=mlp']
+  cut = _train(*short, '--num_rounds=2', '--algorithm=fedper',
+               f'--workdir={tmp_path / "cut"}')
+  assert cut.returncode == 0, cut.stderr
+  resumed = _train(*short, '--num_rounds=3', '--allow_config_change',
+                   '--algorithm=fedper', f'--workdir={tmp_path / "cut"}')
+  assert resumed.returncode == 0, resumed.stderr
+  assert 'resumed from round 2' in resumed.stdout
+  assert _records(tmp_path / 'cut' / 'metrics.jsonl') == (
+      _records(tmp_path / 'whole' / 'fedper' / 'metrics.jsonl'))
 
 
 @pytest.mark.slow
