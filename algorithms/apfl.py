@@ -35,25 +35,23 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_core.algorithm import (Algorithm, ClientOutput, Personalization,
-                                   is_traced)
+from fedjax_core.algorithm import Algorithm, Personalization, is_traced
 from fedjax_core.errors import SettingError
+from fedjax_core.toolkit import drift
 from fedjax_core.toolkit import local_sgd as local_sgd_lib
 from fedjax_core.toolkit import losses
-from fedjax_core.toolkit import server_model
+from fedjax_core.toolkit import personal_state
 
 PyTree = Any
 ApplyFn = Callable[[PyTree, jax.Array], jax.Array]
 
 
 @flax.struct.dataclass
-class ClientState:
-  """Client i's own model v, its mixing weight alpha, and 1.0 once it has
-  trained (0.0 before, when v is a placeholder)."""
+class ClientState(personal_state.PersonalState):
+  """Client i's own model v and 1.0 once it has trained (0.0 before, when
+  v is a placeholder), and its mixing weight alpha."""
 
-  personal: PyTree
   alpha: jax.Array
-  trained: jax.Array
 
 
 @flax.struct.dataclass
@@ -69,13 +67,6 @@ def _mix(alpha: jax.Array, personal: PyTree, params: PyTree) -> PyTree:
   """`alpha v + (1 - alpha) w`."""
   return jax.tree.map(lambda v, w: alpha * v + (1 - alpha) * w, personal,
                       params)
-
-
-def _personal_or_global(client_state: ClientState, params: PyTree) -> PyTree:
-  """v if the client has trained, else the global model `params`."""
-  return jax.tree.map(
-      lambda v, w: jnp.where(client_state.trained > 0, v, w),
-      client_state.personal, params)
 
 
 def apfl(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
@@ -106,61 +97,50 @@ def apfl(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
     raise SettingError('alpha_lr', 'APFL needs alpha_lr >= 0 (0 keeps alpha '
                        f'fixed), got {alpha_lr!r}.')
   grad_fn = losses.loss_and_grad(apply_fn)
+  fedavg = local_sgd_lib.stateless_algorithm(
+      grad_fn, drift.uncorrected, local_sgd, server_optimizer,
+      weighted=weighted)
 
   def client_state_init(params):
-    return ClientState(personal=params,
-                       alpha=jnp.asarray(alpha, jnp.float32),
-                       trained=jnp.float32(0.0))
+    return ClientState(personal=params, trained=jnp.float32(0.0),
+                       alpha=jnp.asarray(alpha, jnp.float32))
 
   def client_init(server_state, client_state, rng):
-    del rng
     return LocalState(
-        sgd=local_sgd_lib.start(server_state, local_sgd),
-        personal=_personal_or_global(client_state, server_state.params),
+        sgd=fedavg.client_init(server_state, client_state, rng),
+        personal=personal_state.personal_or_global(client_state,
+                                                   server_state.params),
         alpha=client_state.alpha)
 
   def local_step(local, batch, rng):
-    del rng
-    sgd, v, a = local.sgd, local.personal, local.alpha
-    loss, grads = grad_fn(sgd.params, batch)
-    personal_loss, mixed_grads = grad_fn(_mix(a, v, sgd.params), batch)
-    alpha_grad = optax.tree.vdot(optax.tree.sub(v, sgd.params), mixed_grads)
-    params = local_sgd.step(sgd.params, grads, sgd.learning_rate)
+    v, a = local.personal, local.alpha
+    w = local.sgd.params  # The step's w, before w's own step.
+    sgd, metrics = fedavg.local_step(local.sgd, batch, rng)
+    personal_loss, mixed_grads = grad_fn(_mix(a, v, w), batch)
+    alpha_grad = optax.tree.vdot(optax.tree.sub(v, w), mixed_grads)
     personal = local_sgd.step(v, optax.tree.scale(a, mixed_grads),
                               sgd.learning_rate)
-    return (LocalState(sgd=sgd.replace(params=params), personal=personal,
+    return (LocalState(sgd=sgd, personal=personal,
                        alpha=jnp.clip(a - alpha_lr * alpha_grad, 0.0, 1.0)),
-            {'loss': loss, 'personal_loss': personal_loss})
+            {**metrics, 'personal_loss': personal_loss})
 
   def client_final(server_state, client_state, local, info):
-    del client_state
-    delta = local_sgd_lib.model_delta(server_state, local.sgd)
-    return ClientOutput(
-        message=delta,
-        weight=info.num_examples if weighted else jnp.float32(1.0),
-        client_state=ClientState(personal=local.personal, alpha=local.alpha,
-                                 trained=jnp.float32(1.0)),
-        metrics={'delta_norm': optax.tree.norm(delta), 'alpha': local.alpha})
-
-  def server_update(server_state, mean_delta, cohort):
-    del cohort
-    server_state, update_norm = server_model.apply_delta(
-        server_optimizer, server_state, mean_delta)
-    return server_state, {'server_update_norm': update_norm}
+    output = fedavg.client_final(server_state, client_state, local.sgd, info)
+    return output._replace(
+        client_state=ClientState(personal=local.personal,
+                                 trained=jnp.float32(1.0), alpha=local.alpha),
+        metrics={**output.metrics, 'alpha': local.alpha})
 
   def personal_params(server_state, client_state, train, rng):
     del train, rng
     params = server_state.params
     return _mix(client_state.alpha,
-                _personal_or_global(client_state, params), params)
+                personal_state.personal_or_global(client_state, params),
+                params)
 
-  return Algorithm(
-      server_init=lambda params, rng: server_model.init(server_optimizer,
-                                                        params),
+  return fedavg._replace(
       client_state_init=client_state_init,
       client_init=client_init,
       local_step=local_step,
       client_final=client_final,
-      server_update=server_update,
-      server_params=lambda server_state: server_state.params,
       personalization=Personalization(personal_params))

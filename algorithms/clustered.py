@@ -35,7 +35,6 @@ The papers average a cluster's clients uniformly (IFCA, `weighted=False`)
 or by example count (fedjax's HypCluster, the default).
 """
 
-import numbers
 from typing import Any, Callable, NamedTuple
 
 import flax.struct
@@ -45,7 +44,7 @@ import optax
 
 from fedjax_core.algorithm import (Algorithm, Batch, ClientOutput, Frozen,
                                    Personalization)
-from fedjax_core.errors import SettingError
+from fedjax_core.errors import check_count
 from fedjax_core.toolkit import fine_tuning
 from fedjax_core.toolkit import local_sgd as local_sgd_lib
 from fedjax_core.toolkit import losses
@@ -154,8 +153,8 @@ def hypcluster(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
 
 def _clustered(apply_fn, local_sgd, server_optimizer, weighted, model_init,
                num_clusters, select_batches, *, hyp_cluster):
-  _check_count('num_clusters', num_clusters, 1)
-  _check_count('select_batches', select_batches, 0)
+  check_count('num_clusters', num_clusters, 1)
+  check_count('select_batches', select_batches)
   k = num_clusters
   loss_and_grad = losses.loss_and_grad(apply_fn)
   pick = lambda models, cluster: jax.tree.map(lambda m: m[cluster], models)
@@ -277,10 +276,3 @@ def _clustered(apply_fn, local_sgd, server_optimizer, weighted, model_init,
       server_params=lambda server_state: server_state.params,
       full_params=full_params,
       personalization=Personalization(personal_params, select_batches))
-
-
-def _check_count(name: str, value: int, least: int) -> None:
-  if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-      or value < least):
-    raise SettingError(name, f'{name} must be an int >= {least}, got '
-                       f'{value!r}.')

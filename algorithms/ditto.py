@@ -28,28 +28,17 @@ from typing import Any, Callable
 
 import flax.struct
 import jax
-import jax.numpy as jnp
 import optax
 
-from fedjax_core.algorithm import (Algorithm, ClientOutput, Personalization,
-                                   is_traced)
+from fedjax_core.algorithm import Algorithm, Personalization, is_traced
 from fedjax_core.errors import SettingError
 from fedjax_core.toolkit import drift
 from fedjax_core.toolkit import local_sgd as local_sgd_lib
 from fedjax_core.toolkit import losses
-from fedjax_core.toolkit import server_model
+from fedjax_core.toolkit import personal_state
 
 PyTree = Any
 ApplyFn = Callable[[PyTree, jax.Array], jax.Array]
-
-
-@flax.struct.dataclass
-class ClientState:
-  """Client k's personal model v_k, and 1.0 once it has trained (0.0
-  before, when v_k is a placeholder)."""
-
-  personal: PyTree
-  trained: jax.Array
 
 
 @flax.struct.dataclass
@@ -58,13 +47,6 @@ class LocalState:
 
   sgd: local_sgd_lib.LocalState
   personal: PyTree
-
-
-def _personal_or_global(client_state: ClientState, params: PyTree) -> PyTree:
-  """v_k if the client has trained, else the global model `params`."""
-  return jax.tree.map(
-      lambda v, w: jnp.where(client_state.trained > 0, v, w),
-      client_state.personal, params)
 
 
 def ditto(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
@@ -97,56 +79,39 @@ def ditto(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
           f'to not overshoot the global model), got lam={lam!r} with '
           f'learning rate {local_sgd.learning_rate!r}; lower either.')
   grad_fn = losses.loss_and_grad(apply_fn)
-
-  def client_state_init(params):
-    return ClientState(personal=params, trained=jnp.float32(0.0))
+  fedavg = local_sgd_lib.stateless_algorithm(
+      grad_fn, drift.uncorrected, local_sgd, server_optimizer,
+      weighted=weighted)
 
   def client_init(server_state, client_state, rng):
-    del rng
     return LocalState(
-        sgd=local_sgd_lib.start(server_state, local_sgd),
-        personal=_personal_or_global(client_state, server_state.params))
+        sgd=fedavg.client_init(server_state, client_state, rng),
+        personal=personal_state.personal_or_global(client_state,
+                                                   server_state.params))
 
   def local_step(local, batch, rng):
-    del rng
-    sgd = local.sgd
-    loss, grads = grad_fn(sgd.params, batch)
+    sgd, metrics = fedavg.local_step(local.sgd, batch, rng)
     personal_loss, personal_grads = grad_fn(local.personal, batch)
-    params = local_sgd.step(sgd.params, grads, sgd.learning_rate)
     personal = local_sgd.step(
         local.personal,
         drift.prox(personal_grads, local.personal, sgd.anchor, lam),
         sgd.learning_rate)
-    return (LocalState(sgd=sgd.replace(params=params), personal=personal),
-            {'loss': loss, 'personal_loss': personal_loss})
+    return (LocalState(sgd=sgd, personal=personal),
+            {**metrics, 'personal_loss': personal_loss})
 
   def client_final(server_state, client_state, local, info):
-    del client_state
-    delta = local_sgd_lib.model_delta(server_state, local.sgd)
-    return ClientOutput(
-        message=delta,
-        weight=info.num_examples if weighted else jnp.float32(1.0),
-        client_state=ClientState(personal=local.personal,
-                                 trained=jnp.float32(1.0)),
-        metrics={'delta_norm': optax.tree.norm(delta)})
-
-  def server_update(server_state, mean_delta, cohort):
-    del cohort
-    server_state, update_norm = server_model.apply_delta(
-        server_optimizer, server_state, mean_delta)
-    return server_state, {'server_update_norm': update_norm}
+    output = fedavg.client_final(server_state, client_state, local.sgd, info)
+    return output._replace(
+        client_state=personal_state.trained(local.personal))
 
   def personal_params(server_state, client_state, train, rng):
     del train, rng
-    return _personal_or_global(client_state, server_state.params)
+    return personal_state.personal_or_global(client_state,
+                                             server_state.params)
 
-  return Algorithm(
-      server_init=lambda params, rng: server_model.init(server_optimizer,
-                                                        params),
-      client_state_init=client_state_init,
+  return fedavg._replace(
+      client_state_init=personal_state.initial,
       client_init=client_init,
       local_step=local_step,
       client_final=client_final,
-      server_update=server_update,
-      server_params=lambda server_state: server_state.params,
       personalization=Personalization(personal_params))

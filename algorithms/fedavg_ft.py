@@ -7,15 +7,14 @@ The fine-tuning baseline of personalized federated learning (Wang et al.
 global model after a few SGD steps on the client's own training split.
 """
 
-import numbers
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from fedjax_core.algorithm import Algorithm, Personalization
-from fedjax_core.errors import SettingError
+from fedjax_core.errors import check_count
+from fedjax_core.toolkit import drift
 from fedjax_core.toolkit import fine_tuning
 from fedjax_core.toolkit import local_sgd as local_sgd_lib
 from fedjax_core.toolkit import losses
@@ -52,19 +51,10 @@ def fedavg_ft(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
     >>> algorithm = fedavg_ft(model.apply, LocalSGD(0.1), optax.sgd(1.0),
     ...                       finetune_steps=5)
   """
-  if (isinstance(finetune_steps, bool)
-      or not isinstance(finetune_steps, numbers.Integral)
-      or finetune_steps < 0):
-    raise SettingError('finetune_steps', 'finetune_steps must be an int >= '
-                       f'0, got {finetune_steps!r}.')
-  base = local_sgd_lib.stateless_algorithm(
-      losses.loss_and_grad(apply_fn), lambda grads, y, x: grads, local_sgd,
-      server_optimizer)
-
-  def client_final(server_state, client_state, local, info):
-    output = base.client_final(server_state, client_state, local, info)
-    return output._replace(
-        weight=info.num_examples if weighted else jnp.float32(1.0))
+  check_count('finetune_steps', finetune_steps)
+  fedavg = local_sgd_lib.stateless_algorithm(
+      losses.loss_and_grad(apply_fn), drift.uncorrected, local_sgd,
+      server_optimizer, weighted=weighted)
 
   def personal_params(server_state, client_state, train, rng):
     del client_state, rng
@@ -72,6 +62,5 @@ def fedavg_ft(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
         apply_fn, server_state.params, train,
         local_sgd.learning_rate_at(server_state.round_num))
 
-  return base._replace(
-      client_final=client_final,
+  return fedavg._replace(
       personalization=Personalization(personal_params, finetune_steps))

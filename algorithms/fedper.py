@@ -32,7 +32,6 @@ the shared part with the personal part's (or FedBABU's fixed head's)
 initial value.
 """
 
-import numbers
 from typing import Any, Callable
 
 import flax.struct
@@ -42,10 +41,11 @@ import optax
 
 from fedjax_core.algorithm import (Algorithm, ClientOutput, Frozen,
                                    Personalization)
-from fedjax_core.errors import SettingError
+from fedjax_core.errors import check_count
 from fedjax_core.toolkit import fine_tuning
 from fedjax_core.toolkit import local_sgd as local_sgd_lib
 from fedjax_core.toolkit import losses
+from fedjax_core.toolkit import personal_state
 from fedjax_core.toolkit import server_model
 from fedjax_core.toolkit.personal_layers import PersonalLayers
 
@@ -62,14 +62,6 @@ class ServerState:
 
   model: server_model.ServerModel
   initial: Frozen
-
-
-@flax.struct.dataclass
-class PersonalState:
-  """A client's personal part, and 1.0 once it has trained (else 0.0)."""
-
-  personal: PyTree
-  trained: jax.Array
 
 
 @flax.struct.dataclass
@@ -130,7 +122,7 @@ def fedrep(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
     >>> algorithm = fedrep(model.apply, LocalSGD(0.1), optax.sgd(1.0),
     ...                    personal_layers='^params/Dense_2/', head_steps=5)
   """
-  _check_steps('head_steps', head_steps)
+  check_count('head_steps', head_steps)
 
   def alternating(local, grads):
     on_head = local.step < head_steps
@@ -188,12 +180,6 @@ def lg_fedavg(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
                 finetune_steps=finetune_steps)
 
 
-def _check_steps(name: str, value: int) -> None:
-  if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-      or value < 0):
-    raise SettingError(name, f'{name} must be an int >= 0, got {value!r}.')
-
-
 def _layered(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
              server_optimizer: optax.GradientTransformation,
              personal_layers: str, update: UpdateFn, *, weighted: bool,
@@ -201,8 +187,9 @@ def _layered(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
              ) -> Algorithm:
   """The family's algorithm; `update` is its local SGD step on the parts.
   With `personal_clients`, clients keep their personal part (a
-  `PersonalState`); else it is the fixed initial one (FedBABU)."""
-  _check_steps('finetune_steps', finetune_steps)
+  `personal_state.PersonalState`); else it is the fixed initial one
+  (FedBABU)."""
+  check_count('finetune_steps', finetune_steps)
   layers = PersonalLayers(personal_layers)
   loss_and_grad = jax.value_and_grad(
       lambda shared, personal, batch: losses.softmax_cross_entropy(
@@ -219,8 +206,7 @@ def _layered(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
   def client_state_init(params):
     if not personal_clients:
       return ()
-    return PersonalState(personal=layers.split(params)[1],
-                         trained=jnp.float32(0.0))
+    return personal_state.initial(layers.split(params)[1])
 
   def client_init(server_state, client_state, rng):
     del rng
@@ -243,7 +229,7 @@ def _layered(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
   def client_final(server_state, client_state, local, info):
     delta = optax.tree.sub(local.shared, server_state.model.params)
     if personal_clients:
-      client_state = PersonalState(
+      client_state = client_state.replace(
           personal=local.personal, trained=jnp.maximum(
               client_state.trained,
               (info.num_steps > 0).astype(jnp.float32)))
@@ -270,8 +256,9 @@ def _layered(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
                                    trainable=layers)
     if not personal_clients:
       return fitted
-    return jax.tree.map(
-        lambda k, f: jnp.where(client_state.trained > 0, k, f), kept, fitted)
+    shared, fitted_personal = layers.split(fitted)
+    return layers.merge(shared, personal_state.personal_or_global(
+        client_state, fitted_personal))
 
   return Algorithm(
       server_init=server_init,

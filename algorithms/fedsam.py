@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import optax
 
+from fedjax_core.toolkit import drift
 from fedjax_core.toolkit import local_sgd as local_sgd_lib
 from fedjax_core.toolkit import losses
 from fedjax_core.toolkit import sharpness
@@ -45,14 +46,9 @@ def _sharpness_aware_fedavg(apply_fn: ApplyFn,
                                                      sharpness.GradFn]
                             ) -> Algorithm:
   """Stateless local SGD on `grad_transform(loss_and_grad)`, uncorrected."""
-
-  def identity(grads, params, anchor):
-    del params, anchor
-    return grads
-
   return local_sgd_lib.stateless_algorithm(
-      grad_transform(losses.loss_and_grad(apply_fn)), identity, local_sgd,
-      server_optimizer)
+      grad_transform(losses.loss_and_grad(apply_fn)), drift.uncorrected,
+      local_sgd, server_optimizer)
 
 
 def fedsam(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,

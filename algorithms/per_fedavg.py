@@ -20,17 +20,16 @@ a real example contributes a zero gradient. The step metric `loss` is
 `f(w; D)`.
 """
 
-import numbers
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from fedjax_core.algorithm import Algorithm, Batch, Personalization
 from fedjax_core.algorithm import is_traced
-from fedjax_core.errors import SettingError
+from fedjax_core.errors import SettingError, check_count
+from fedjax_core.toolkit import drift
 from fedjax_core.toolkit import fine_tuning
 from fedjax_core.toolkit import local_sgd as local_sgd_lib
 from fedjax_core.toolkit import losses
@@ -92,19 +91,11 @@ def per_fedavg_hf(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
   As `per_fedavg_fo`, with each batch split into thirds D, D', D'' and
   the step's direction `u - alpha d`, `u = grad f(tmp; D')` and
   `d = (grad f(w + delta u; D'') - grad f(w - delta u; D'')) / (2 delta)`,
-  the paper's estimate of `H(w; D'') u`.
+  the paper's estimate of `H(w; D'') u`. Arguments and result as
+  `per_fedavg_fo`'s, and:
 
   Args:
-    apply_fn: `(params, x) -> logits` of the model.
-    local_sgd: the clients' SGD; its learning rate is the outer step beta.
-    server_optimizer: applied to the pseudo-gradient `-mean delta`.
-    weighted: weight clients by example count (FedAvg) or equally.
-    alpha: inner (and fine-tuning) step size, > 0.
-    finetune_steps: fine-tuning batches at evaluation, >= 0.
     delta: the finite difference's step, > 0.
-
-  Returns:
-    The algorithm, with its `personalization`.
 
   Examples:
     >>> algorithm = per_fedavg_hf(model.apply, LocalSGD(0.1), optax.sgd(1.0),
@@ -129,25 +120,16 @@ def per_fedavg_hf(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
 def _per_fedavg(apply_fn, meta_grad, local_sgd, server_optimizer, weighted,
                 alpha, finetune_steps):
   """FedAvg with local SGD on `meta_grad`, personalized by fine-tuning."""
-  if (isinstance(finetune_steps, bool)
-      or not isinstance(finetune_steps, numbers.Integral)
-      or finetune_steps < 0):
-    raise SettingError('finetune_steps', 'finetune_steps must be an int >= '
-                       f'0, got {finetune_steps!r}.')
-  base = local_sgd_lib.stateless_algorithm(
-      meta_grad, lambda grads, y, x: grads, local_sgd, server_optimizer)
-
-  def client_final(server_state, client_state, local, info):
-    output = base.client_final(server_state, client_state, local, info)
-    return output._replace(
-        weight=info.num_examples if weighted else jnp.float32(1.0))
+  check_count('finetune_steps', finetune_steps)
+  fedavg = local_sgd_lib.stateless_algorithm(
+      meta_grad, drift.uncorrected, local_sgd, server_optimizer,
+      weighted=weighted)
 
   def personal_params(server_state, client_state, train, rng):
     del client_state, rng
     return fine_tuning.fine_tune(apply_fn, server_state.params, train, alpha)
 
-  return base._replace(
-      client_final=client_final,
+  return fedavg._replace(
       personalization=Personalization(personal_params, finetune_steps))
 
 

@@ -30,33 +30,21 @@ Defaults: lam = 15, inner_steps (K) = 5 and beta = 1, as the authors' MNIST
 runs (which take personal_lr = 0.1 and eta = 0.005); personal_lr = 0.01.
 """
 
-import numbers
 from typing import Any, Callable
 
 import flax.struct
 import jax
-import jax.numpy as jnp
 import optax
 
-from fedjax_core.algorithm import (Algorithm, ClientOutput, Personalization,
-                                   is_traced)
-from fedjax_core.errors import SettingError
+from fedjax_core.algorithm import Algorithm, Personalization, is_traced
+from fedjax_core.errors import SettingError, check_count
 from fedjax_core.toolkit import drift
 from fedjax_core.toolkit import local_sgd as local_sgd_lib
 from fedjax_core.toolkit import losses
-from fedjax_core.toolkit import server_model
+from fedjax_core.toolkit import personal_state
 
 PyTree = Any
 ApplyFn = Callable[[PyTree, jax.Array], jax.Array]
-
-
-@flax.struct.dataclass
-class ClientState:
-  """Client i's personal model theta, and 1.0 once it has trained (0.0
-  before, when theta is a placeholder)."""
-
-  personal: PyTree
-  trained: jax.Array
 
 
 @flax.struct.dataclass
@@ -67,20 +55,10 @@ class LocalState:
   personal: PyTree
 
 
-def _personal_or_global(client_state: ClientState, params: PyTree) -> PyTree:
-  """theta if the client has trained, else the global model `params`."""
-  return jax.tree.map(
-      lambda theta, x: jnp.where(client_state.trained > 0, theta, x),
-      client_state.personal, params)
-
-
 def _check(lam, inner_steps, personal_lr, beta, learning_rate):
   """Raises SettingError for hyperparameters out of range (skipping the
   values traced along a run axis)."""
-  if (isinstance(inner_steps, bool)
-      or not isinstance(inner_steps, numbers.Integral) or inner_steps < 1):
-    raise SettingError('inner_steps', 'pFedMe needs inner_steps an int >= '
-                       f'1, got {inner_steps!r}.')
+  check_count('inner_steps', inner_steps, 1)
   for name, value in (('lam', lam), ('personal_lr', personal_lr),
                       ('beta', beta)):
     if not is_traced(value) and not value > 0:
@@ -123,9 +101,10 @@ def pfedme(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
   """
   _check(lam, inner_steps, personal_lr, beta, local_sgd.learning_rate)
   grad_fn = losses.loss_and_grad(apply_fn)
-
-  def client_state_init(params):
-    return ClientState(personal=params, trained=jnp.float32(0.0))
+  # FedAvg's messages and server (moved by beta), pFedMe's local step.
+  base = local_sgd_lib.stateless_algorithm(
+      grad_fn, drift.uncorrected, local_sgd, server_optimizer,
+      weighted=weighted)
 
   def client_init(server_state, client_state, rng):
     del client_state, rng
@@ -148,32 +127,23 @@ def pfedme(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
             {'loss': inner_losses[0]})
 
   def client_final(server_state, client_state, local, info):
-    del client_state
-    delta = local_sgd_lib.model_delta(server_state, local.sgd)
-    return ClientOutput(
-        message=delta,
-        weight=info.num_examples if weighted else jnp.float32(1.0),
-        client_state=ClientState(personal=local.personal,
-                                 trained=jnp.float32(1.0)),
-        metrics={'delta_norm': optax.tree.norm(delta)})
+    output = base.client_final(server_state, client_state, local.sgd, info)
+    return output._replace(
+        client_state=personal_state.trained(local.personal))
 
   def server_update(server_state, mean_delta, cohort):
-    del cohort
-    server_state, update_norm = server_model.apply_delta(
-        server_optimizer, server_state, optax.tree.scale(beta, mean_delta))
-    return server_state, {'server_update_norm': update_norm}
+    return base.server_update(server_state,
+                              optax.tree.scale(beta, mean_delta), cohort)
 
   def personal_params(server_state, client_state, train, rng):
     del train, rng
-    return _personal_or_global(client_state, server_state.params)
+    return personal_state.personal_or_global(client_state,
+                                             server_state.params)
 
-  return Algorithm(
-      server_init=lambda params, rng: server_model.init(server_optimizer,
-                                                        params),
-      client_state_init=client_state_init,
+  return base._replace(
+      client_state_init=personal_state.initial,
       client_init=client_init,
       local_step=local_step,
       client_final=client_final,
       server_update=server_update,
-      server_params=lambda server_state: server_state.params,
       personalization=Personalization(personal_params))

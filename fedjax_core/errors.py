@@ -5,6 +5,8 @@ range, never a command-line flag: the command line knows which flag sets
 which setting and adds its name (`scripts.flags`).
 """
 
+import numbers
+
 
 class SettingError(ValueError):
   """A setting out of its valid range, or settings that do not combine.
@@ -24,3 +26,15 @@ class SettingError(ValueError):
 
   def __reduce__(self):  # Picklable across processes despite two arguments.
     return type(self), (self.setting, str(self))
+
+
+def check_count(setting: str, value: int, least: int = 0) -> None:
+  """Raises SettingError unless `value` is an int (not a bool) >= `least`.
+
+  Examples:
+    >>> check_count('finetune_steps', 1.5)  # SettingError.
+  """
+  if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+      or value < least):
+    raise SettingError(setting, f'{setting} must be an int >= {least}, got '
+                       f'{value!r}.')

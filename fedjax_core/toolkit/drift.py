@@ -3,6 +3,7 @@
 Each maps the client's gradient g at its model y to the direction its local
 step follows; x is the global model the client started from.
 
+- `uncorrected`: g itself, FedAvg's local SGD.
 - `prox`: FedProx (Li et al. 2020), g + mu (y - x); with a linear term it is
   also the dynamic regularizer of FedDyn (Acar et al. 2021) and FedSpeed.
 - `correct`: SCAFFOLD's control variates (Karimireddy et al. 2020),
@@ -16,6 +17,12 @@ from typing import Any
 import jax
 
 PyTree = Any
+
+
+def uncorrected(grads: PyTree, params: PyTree, anchor: PyTree) -> PyTree:
+  """`g`: no correction."""
+  del params, anchor
+  return grads
 
 
 def prox(grads: PyTree, params: PyTree, anchor: PyTree, mu: float) -> PyTree:

@@ -124,20 +124,23 @@ def mean_direction(delta: PyTree, num_steps: jax.Array,
 
 def stateless_algorithm(grad_fn: GradFn, direction_fn: DirectionFn,
                         local_sgd: LocalSGD,
-                        server_optimizer: optax.GradientTransformation
-                        ) -> Algorithm:
-  """Local SGD on `direction_fn(grads, y, x)`, then a uniform model average.
+                        server_optimizer: optax.GradientTransformation, *,
+                        weighted: bool = False) -> Algorithm:
+  """Local SGD on `direction_fn(grads, y, x)`, then a model average.
 
   Clients keep no state between rounds. Each sends `y_K - x`; the server
   moves x by the cohort's mean of it through `server_optimizer` (SGD with
   learning rate 1: `x <- mean_S y_K`). FedProx and FedSAM are this with
-  their own `direction_fn` and `grad_fn`.
+  their own `direction_fn` and `grad_fn`; the personalized algorithms
+  whose global model is FedAvg's build on it.
 
   Args:
     grad_fn: `(params, batch) -> (loss, grads)`, e.g. `sharpness.sam(...)`.
     direction_fn: `(grads, y, x) -> direction`, e.g. `drift.prox`.
     local_sgd: the clients' SGD.
     server_optimizer: applied to the pseudo-gradient `-mean_S (y_K - x)`.
+    weighted: weight clients by example count (FedAvg) or equally (as
+      FL-Simulator).
 
   Returns:
     The algorithm.
@@ -151,11 +154,12 @@ def stateless_algorithm(grad_fn: GradFn, direction_fn: DirectionFn,
     return local.replace(params=params), {'loss': loss}
 
   def client_final(server_state, client_state, local, info):
-    del client_state, info
+    del client_state
     delta = model_delta(server_state, local)
-    return ClientOutput(message=delta, weight=jnp.float32(1.0),
-                        client_state=(),
-                        metrics={'delta_norm': optax.tree.norm(delta)})
+    return ClientOutput(
+        message=delta,
+        weight=info.num_examples if weighted else jnp.float32(1.0),
+        client_state=(), metrics={'delta_norm': optax.tree.norm(delta)})
 
   def server_update(server_state, mean_delta, cohort):
     del cohort

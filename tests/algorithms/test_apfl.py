@@ -7,17 +7,11 @@ grad f(vbar)>, 0, 1)`, with `vbar = alpha v + (1 - alpha) w`.
 Models are flattened to one vector (kernel then bias) on the numpy side.
 """
 
-import dataclasses
-
-import jax
 import numpy as np
 import optax
 import pytest
 
 from algorithms.apfl import apfl
-from fedjax_core import Simulation, SimulationConfig
-from fedjax_core.algorithm import Batch
-from fedjax_core.data.client_indices import ClientIndices
 from fedjax_core.errors import SettingError
 from fedjax_core.toolkit.local_sgd import LocalSGD
 import tiny_problem as tiny
@@ -27,8 +21,6 @@ ALPHA = 0.25
 ROUNDS = 2
 EPOCHS = 3  # K = 3 full-batch steps per client and round.
 N = tiny.NUM_CLIENTS
-NO_DATA = Batch(x=np.zeros((0, 3, 3), np.float32), y=np.zeros((0, 3), np.int32),
-                mask=np.zeros((0, 3), np.float32))
 
 
 def _np_apfl(x, alpha=ALPHA, alpha_lr=0.0, lr_decay=1.0, weight_decay=0.0,
@@ -65,28 +57,10 @@ def _run(alpha=ALPHA, alpha_lr=0.0, lr_decay=1.0, weight_decay=0.0,
                    LocalSGD(LR, lr_decay=lr_decay, weight_decay=weight_decay),
                    optax.sgd(1.0), weighted=weighted, alpha=alpha,
                    alpha_lr=alpha_lr)
-  dataset = dataclasses.replace(
-      tiny.dataset(), local_test_indices=ClientIndices.from_lists(
-          tiny.CLIENTS))
-  config = SimulationConfig(num_rounds=rounds,
-                            clients_per_round=clients_per_round,
-                            batch_size=3, local_epochs=EPOCHS, eval_every=0,
-                            participation=participation, progress=False)
-  sim = Simulation(algorithm, tiny.model(), dataset, config)
-  x0 = tiny.flat(*tiny.as_numpy(algorithm.server_params(sim.server_state)))
-  sim.run()
-  x = tiny.flat(*tiny.as_numpy(algorithm.server_params(sim.server_state)))
-  return algorithm, x0, x, sim
-
-
-def _row(stacked, i):
-  return jax.tree.map(lambda leaf: leaf[i], stacked)
-
-
-def _personal(algorithm, sim, state):
-  params = algorithm.personalization.personal_params(
-      sim.server_state, state, NO_DATA, jax.random.key(0))
-  return tiny.flat(*tiny.as_numpy(params))
+  x0, x, sim = tiny.run(algorithm, rounds, EPOCHS,
+                        participation=participation,
+                        clients_per_round=clients_per_round, local_test=True)
+  return algorithm, tiny.flat(*x0), tiny.flat(*x), sim
 
 
 def _check(got, want):
@@ -110,15 +84,13 @@ def test_matches_numpy_restatement(alpha, alpha_lr, lr_decay, weight_decay,
   for i in range(N):
     _check(tiny.per_client_flat(state.personal)[i], want_v[i])
     want = want_alpha[i] * want_v[i] + (1 - want_alpha[i]) * x
-    _check(_personal(algorithm, sim, _row(state, i)), want)
+    _check(tiny.personal_flat(algorithm, sim, i), want)
     assert not np.allclose(want, x, rtol=1e-3)  # Personal != global.
   if alpha_lr == 0:
     np.testing.assert_array_equal(state.alpha, [alpha] * N)
   else:  # The adaptive mixing mattered.
     assert np.all(np.abs(state.alpha - alpha) > 1e-2)
-  never_trained = algorithm.client_state_init(
-      algorithm.server_params(sim.server_state))
-  _check(_personal(algorithm, sim, never_trained), x)
+  _check(tiny.personal_flat(algorithm, sim, None), x)
 
 
 def test_first_round_of_a_client_starts_from_that_rounds_global_model():
@@ -134,7 +106,7 @@ def test_first_round_of_a_client_starts_from_that_rounds_global_model():
   _check(sim.store.stacked.alpha, want_alpha)
   for i in range(N):
     want = want_alpha[i] * want_v[i] + (1 - want_alpha[i]) * x
-    _check(_personal(algorithm, sim, _row(sim.store.stacked, i)), want)
+    _check(tiny.personal_flat(algorithm, sim, i), want)
 
 
 @pytest.mark.parametrize('alpha', [0.0, 1.0])

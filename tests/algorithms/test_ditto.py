@@ -5,17 +5,11 @@ Li et al. 2021, Algorithm 1: FedAvg for the global model, and per client
 Models are flattened to one vector (kernel then bias) on the numpy side.
 """
 
-import dataclasses
-
-import jax
 import numpy as np
 import optax
 import pytest
 
 from algorithms.ditto import ditto
-from fedjax_core import Simulation, SimulationConfig
-from fedjax_core.algorithm import Batch
-from fedjax_core.data.client_indices import ClientIndices
 from fedjax_core.errors import SettingError
 from fedjax_core.toolkit.local_sgd import LocalSGD
 import tiny_problem as tiny
@@ -25,8 +19,6 @@ LAM = 0.8
 ROUNDS = 2
 EPOCHS = 3  # K = 3 full-batch steps per client and round.
 N = tiny.NUM_CLIENTS
-NO_DATA = Batch(x=np.zeros((0, 3, 3), np.float32), y=np.zeros((0, 3), np.int32),
-                mask=np.zeros((0, 3), np.float32))
 
 
 def _np_ditto(x, lam=LAM, lr_decay=1.0, weight_decay=0.0, weighted=True,
@@ -59,28 +51,10 @@ def _run(lam=LAM, lr_decay=1.0, weight_decay=0.0, weighted=True,
                     LocalSGD(LR, lr_decay=lr_decay,
                              weight_decay=weight_decay),
                     optax.sgd(1.0), weighted=weighted, lam=lam)
-  dataset = dataclasses.replace(
-      tiny.dataset(), local_test_indices=ClientIndices.from_lists(
-          tiny.CLIENTS))
-  config = SimulationConfig(num_rounds=rounds,
-                            clients_per_round=clients_per_round,
-                            batch_size=3, local_epochs=EPOCHS, eval_every=0,
-                            participation=participation, progress=False)
-  sim = Simulation(algorithm, tiny.model(), dataset, config)
-  x0 = tiny.flat(*tiny.as_numpy(algorithm.server_params(sim.server_state)))
-  sim.run()
-  x = tiny.flat(*tiny.as_numpy(algorithm.server_params(sim.server_state)))
-  return algorithm, x0, x, sim
-
-
-def _row(stacked, i):
-  return jax.tree.map(lambda leaf: leaf[i], stacked)
-
-
-def _personal(algorithm, sim, state):
-  params = algorithm.personalization.personal_params(
-      sim.server_state, state, NO_DATA, jax.random.key(0))
-  return tiny.flat(*tiny.as_numpy(params))
+  x0, x, sim = tiny.run(algorithm, rounds, EPOCHS,
+                        participation=participation,
+                        clients_per_round=clients_per_round, local_test=True)
+  return algorithm, tiny.flat(*x0), tiny.flat(*x), sim
 
 
 def _check(got, want):
@@ -99,11 +73,9 @@ def test_matches_numpy_restatement(lr_decay, weight_decay, weighted):
   np.testing.assert_array_equal(state.trained, np.ones(N))
   for i in range(N):
     _check(tiny.per_client_flat(state.personal)[i], want_v[i])
-    _check(_personal(algorithm, sim, _row(state, i)), want_v[i])
+    _check(tiny.personal_flat(algorithm, sim, i), want_v[i])
     assert not np.allclose(want_v[i], x, rtol=1e-3)  # Personal != global.
-  never_trained = algorithm.client_state_init(
-      algorithm.server_params(sim.server_state))
-  _check(_personal(algorithm, sim, never_trained), x)
+  _check(tiny.personal_flat(algorithm, sim, None), x)
 
 
 def test_first_round_of_a_client_starts_from_that_rounds_global_model():
@@ -115,12 +87,12 @@ def test_first_round_of_a_client_starts_from_that_rounds_global_model():
                          participation='bernoulli')
   _check(x, xs[-1])
   for i in range(N):
-    _check(_personal(algorithm, sim, _row(sim.store.stacked, i)), want_v[i])
+    _check(tiny.personal_flat(algorithm, sim, i), want_v[i])
   # After two rounds client 0 has never trained: it gets the global model.
   algorithm, _, x, sim = _run(participation='bernoulli', clients_per_round=1)
   _check(x, xs[2])
   np.testing.assert_array_equal(sim.store.stacked.trained, [0.0, 1.0])
-  _check(_personal(algorithm, sim, _row(sim.store.stacked, 0)), x)
+  _check(tiny.personal_flat(algorithm, sim, 0), x)
 
 
 @pytest.mark.parametrize('lam', [0.0, 1.0 / LR])
@@ -136,7 +108,7 @@ def test_lam_zero_trains_the_personal_model_purely_locally():
     v = x0.copy()  # Both clients train in both rounds, from x^0 on.
     for _ in range(ROUNDS * EPOCHS):
       v = v - LR * tiny.flat_grad(v, i)
-    _check(_personal(algorithm, sim, _row(sim.store.stacked, i)), v)
+    _check(tiny.personal_flat(algorithm, sim, i), v)
 
 
 def test_lam_one_over_lr_keeps_personal_model_at_the_rounds_global_model():
@@ -148,9 +120,9 @@ def test_lam_one_over_lr_keeps_personal_model_at_the_rounds_global_model():
   local = _run(lam=0.0)[3]
   for i in range(N):
     step = LR * np.linalg.norm(tiny.flat_grad(w_t, i))
-    v = _personal(algorithm, sim, _row(sim.store.stacked, i))
+    v = tiny.personal_flat(algorithm, sim, i)
     assert np.linalg.norm(v - w_t) < step
-    v_local = _personal(algorithm, local, _row(local.store.stacked, i))
+    v_local = tiny.personal_flat(algorithm, local, i)
     assert np.linalg.norm(v_local - w_t) > 3 * step
 
 

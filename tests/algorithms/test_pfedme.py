@@ -7,17 +7,11 @@ server does `x <- (1 - beta) x + beta mean w_i`.
 Models are flattened to one vector (kernel then bias) on the numpy side.
 """
 
-import dataclasses
-
-import jax
 import numpy as np
 import optax
 import pytest
 
 from algorithms.pfedme import pfedme
-from fedjax_core import Simulation, SimulationConfig
-from fedjax_core.algorithm import Batch
-from fedjax_core.data.client_indices import ClientIndices
 from fedjax_core.errors import SettingError
 from fedjax_core.toolkit.local_sgd import LocalSGD
 import tiny_problem as tiny
@@ -29,8 +23,6 @@ BETA = 1.5
 ROUNDS = 2
 EPOCHS = 3  # R = 3 full-batch local steps per client and round.
 N = tiny.NUM_CLIENTS
-NO_DATA = Batch(x=np.zeros((0, 3, 3), np.float32), y=np.zeros((0, 3), np.int32),
-                mask=np.zeros((0, 3), np.float32))
 
 
 def _np_pfedme(x, inner_steps=3, lr_decay=1.0, weight_decay=0.0,
@@ -65,28 +57,9 @@ def _run(inner_steps=3, lr_decay=1.0, weight_decay=0.0, weighted=True,
                      optax.sgd(1.0), weighted=weighted, lam=LAM,
                      inner_steps=inner_steps, personal_lr=PERSONAL_LR,
                      beta=BETA)
-  dataset = dataclasses.replace(
-      tiny.dataset(), local_test_indices=ClientIndices.from_lists(
-          tiny.CLIENTS))
-  config = SimulationConfig(num_rounds=ROUNDS,
-                            clients_per_round=clients_per_round,
-                            batch_size=3, local_epochs=EPOCHS, eval_every=0,
-                            progress=False)
-  sim = Simulation(algorithm, tiny.model(), dataset, config)
-  x0 = tiny.flat(*tiny.as_numpy(algorithm.server_params(sim.server_state)))
-  sim.run()
-  x = tiny.flat(*tiny.as_numpy(algorithm.server_params(sim.server_state)))
-  return algorithm, x0, x, sim
-
-
-def _row(stacked, i):
-  return jax.tree.map(lambda leaf: leaf[i], stacked)
-
-
-def _personal(algorithm, sim, state):
-  params = algorithm.personalization.personal_params(
-      sim.server_state, state, NO_DATA, jax.random.key(0))
-  return tiny.flat(*tiny.as_numpy(params))
+  x0, x, sim = tiny.run(algorithm, ROUNDS, EPOCHS,
+                        clients_per_round=clients_per_round, local_test=True)
+  return algorithm, tiny.flat(*x0), tiny.flat(*x), sim
 
 
 def _check(got, want):
@@ -106,11 +79,9 @@ def test_matches_numpy_restatement(inner_steps, lr_decay, weight_decay,
   np.testing.assert_array_equal(state.trained, np.ones(N))
   for i in range(N):
     _check(tiny.per_client_flat(state.personal)[i], want_theta[i])
-    _check(_personal(algorithm, sim, _row(state, i)), want_theta[i])
+    _check(tiny.personal_flat(algorithm, sim, i), want_theta[i])
     assert not np.allclose(want_theta[i], x, rtol=1e-3)  # Personal != x.
-  never_trained = algorithm.client_state_init(
-      algorithm.server_params(sim.server_state))
-  _check(_personal(algorithm, sim, never_trained), x)
+  _check(tiny.personal_flat(algorithm, sim, None), x)
   # The Moreau-envelope steps and beta mattered: x is not FedAvg's.
   fedavg = tiny.np_fedavg(x0, lr=LR, rounds=ROUNDS, epochs=EPOCHS,
                           cohort_size=N, lr_decay=lr_decay,
@@ -125,8 +96,8 @@ def test_a_client_that_never_trained_gets_the_global_model():
   _check(x, want_x)
   state = sim.store.stacked
   np.testing.assert_array_equal(state.trained, [0.0, 1.0])
-  _check(_personal(algorithm, sim, _row(state, 0)), x)
-  _check(_personal(algorithm, sim, _row(state, 1)), want_theta[1])
+  _check(tiny.personal_flat(algorithm, sim, 0), x)
+  _check(tiny.personal_flat(algorithm, sim, 1), want_theta[1])
 
 
 @pytest.mark.parametrize('settings, name, match', [
@@ -135,8 +106,9 @@ def test_a_client_that_never_trained_gets_the_global_model():
     ({'personal_lr': 0.2}, 'lam', 'lam \\* personal_lr < 2'),
     ({'lam': 30.0, 'personal_lr': 0.001}, 'lam',
      'lam \\* client learning rate < 2'),
-    ({'inner_steps': 0}, 'inner_steps', 'inner_steps an int >= 1'),
-    ({'inner_steps': 2.0}, 'inner_steps', 'inner_steps an int >= 1'),
+    ({'inner_steps': 0}, 'inner_steps', 'inner_steps must be an int >= 1'),
+    ({'inner_steps': 2.0}, 'inner_steps',
+     'inner_steps must be an int >= 1'),
     ({'personal_lr': 0.0}, 'personal_lr', 'personal_lr > 0'),
     ({'beta': -0.5}, 'beta', 'beta > 0')])
 def test_bad_hyperparameters_are_setting_errors(settings, name, match):

@@ -7,10 +7,13 @@ on the client's data, so a numpy re-statement of an algorithm's update rule
 needs no shuffling: `local_epochs=E` is E full-batch steps per client.
 """
 
+import jax
 import numpy as np
 
 from fedjax_core import FederatedDataset, Simulation, SimulationConfig
+from fedjax_core.algorithm import Batch
 from fedjax_core.data import sampling
+from fedjax_core.data.client_indices import ClientIndices
 import models
 
 X = np.array([[1.0, 0.5, -1.0], [0.2, -0.3, 0.8], [-1.5, 1.0, 0.1],
@@ -20,10 +23,14 @@ CLIENTS = (np.array([0, 1, 2]), np.array([3, 4]))
 NUM_CLIENTS = len(CLIENTS)
 
 
-def dataset() -> FederatedDataset:
-  return FederatedDataset(name='tiny', train_x=X, train_y=Y,
-                          client_indices=CLIENTS, test_x=X, test_y=Y,
-                          num_classes=2)
+def dataset(local_test: bool = False) -> FederatedDataset:
+  """The two clients; with `local_test`, each client's training rows are
+  also its local test rows (a personalized run is scored on them)."""
+  return FederatedDataset(
+      name='tiny', train_x=X, train_y=Y, client_indices=CLIENTS, test_x=X,
+      test_y=Y, num_classes=2,
+      local_test_indices=(ClientIndices.from_lists(CLIENTS) if local_test
+                          else None))
 
 
 def model():
@@ -61,8 +68,9 @@ def as_numpy(params) -> tuple[np.ndarray, np.ndarray]:
 
 def run(algorithm, num_rounds: int, local_epochs: int = 2,
         loop: str = 'scan', participation: str = 'fixed',
-        clients_per_round: int = 2):
-  """Runs `algorithm` for `num_rounds` rounds with seed 0.
+        clients_per_round: int = 2, local_test: bool = False):
+  """Runs `algorithm` for `num_rounds` rounds with seed 0 on
+  `dataset(local_test)`.
 
   With `clients_per_round=1` the cohort of round t is
   `fedjax_core.sample_clients(0, t, 2, 1)` (a population twice the cohort,
@@ -76,7 +84,7 @@ def run(algorithm, num_rounds: int, local_epochs: int = 2,
                             batch_size=3, local_epochs=local_epochs,
                             eval_every=0, loop=loop,
                             participation=participation, progress=False)
-  sim = Simulation(algorithm, model(), dataset(), config)
+  sim = Simulation(algorithm, model(), dataset(local_test), config)
   init = as_numpy(algorithm.server_params(sim.server_state))
   sim.run()
   return init, as_numpy(algorithm.server_params(sim.server_state)), sim
@@ -114,6 +122,23 @@ def np_fedavg(x: np.ndarray, *, lr: float, rounds: int, epochs: int,
       models.append(y)
     x = x + server_lr * (np.mean(models, axis=0) - x)
   return x
+
+
+def personal_flat(algorithm, sim, client: int | None) -> np.ndarray:
+  """The personal model of client `client` after `sim` (None: of a client
+  that never trained), flat, for an algorithm that needs no training
+  batches to find it."""
+  if client is None:
+    state = algorithm.client_state_init(
+        algorithm.server_params(sim.server_state))
+  else:
+    state = jax.tree.map(lambda leaf: leaf[client], sim.store.stacked)
+  no_data = Batch(x=np.zeros((0, 3, 3), np.float32),
+                  y=np.zeros((0, 3), np.int32),
+                  mask=np.zeros((0, 3), np.float32))
+  params = algorithm.personalization.personal_params(
+      sim.server_state, state, no_data, jax.random.key(0))
+  return flat(*as_numpy(params))
 
 
 def cohort(t: int, cohort_size: int, participation: str = 'fixed'):
