@@ -82,7 +82,7 @@ class PersonalEvaluator:
                train_x: jax.Array, train_y: jax.Array, *,
                train_indices: ClientIndices, test_indices: ClientIndices,
                ids: np.ndarray, batch_size: int, seed: int,
-               mesh: jax.sharding.Mesh, clients_per_call: int = 256):
+               mesh: jax.sharding.Mesh, clients_per_call: int = 1024):
     """Prepares the held-out rows of clients `ids`.
 
     Args:
@@ -121,6 +121,9 @@ class PersonalEvaluator:
     self._sharding = placement.cohort_sharding(mesh)
     self._jitted = jax.jit(self._scores)
     self.num_traces = 0
+    # The global model, one model for all, scored in plain batches.
+    self._global = LocalEvaluator(apply_fn, *jax.device_get(
+        (train_x, train_y)), test_indices.select(self._ids))
 
   @property
   def ids(self) -> np.ndarray:
@@ -139,17 +142,17 @@ class PersonalEvaluator:
       round_num: rounds done (the adaptation batches are drawn from it).
       key: the run's key of round `round_num`.
     """
-    personal, global_ = self.per_client_accuracy(server_state, states,
-                                                 round_num, key)
+    personal = self.per_client_accuracy(server_state, states, round_num,
+                                        key)
+    global_ = self._global.per_client_accuracy(
+        self._algorithm.evaluated_params(server_state))
     return {**_statistics('personal_accuracy', personal),
             **_statistics('local_test_accuracy', global_)}
 
   def per_client_accuracy(self, server_state: PyTree, states: StatesFn,
-                          round_num: int, key: jax.Array
-                          ) -> tuple[np.ndarray, np.ndarray]:
-    """`[len(ids)]` accuracies of the personal and of the global models."""
+                          round_num: int, key: jax.Array) -> np.ndarray:
+    """`[len(ids)]` accuracies of the clients' personal models."""
     key = jax.random.fold_in(key, streams.PERSONAL_EVAL)
-    global_params = self._algorithm.evaluated_params(server_state)
     hits = []
     for start in range(0, len(self._ids), self._per_call):
       ids = self._ids[start:start + self._per_call]
@@ -160,14 +163,11 @@ class PersonalEvaluator:
                 *self._train_batches(ids, round_num))
       inputs = [np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)])
                 for a in inputs]
-      client_states = jax.device_put(states(padded), self._sharding)
       hits.append(jax.device_get(self._jitted(
-          server_state, global_params, client_states,
+          server_state, states(padded),
           placement.put((padded.astype(np.int32), *inputs), self._sharding),
-          self._train_x, self._train_y, key))[:, :len(ids)])
-    personal_hits, global_hits = np.concatenate(hits, axis=1)
-    counts = self._test_mask.sum(axis=1)
-    return personal_hits / counts, global_hits / counts
+          self._train_x, self._train_y, key))[:len(ids)])
+    return np.concatenate(hits) / self._test_mask.sum(axis=1)
 
   def _train_batches(self, ids: np.ndarray, round_num: int
                      ) -> tuple[np.ndarray, np.ndarray]:
@@ -182,30 +182,25 @@ class PersonalEvaluator:
         stream=streams.PERSONAL_BATCHES)
     return batches.indices, batches.mask
 
-  def _scores(self, server_state, global_params, client_states, inputs,
-              train_x, train_y, key) -> jax.Array:
-    """`[2, clients]` correct held-out rows of the personal and the global
-    models."""
+  def _scores(self, server_state, client_states, inputs, train_x, train_y,
+              key) -> jax.Array:
+    """`[clients]` correct held-out rows of the personal models."""
     self.num_traces += 1
     return placement.map_clients(
         self._one_client, (client_states, *inputs), mesh=self._mesh,
-        shared=(server_state, global_params, train_x, train_y, key)).T
+        shared=(server_state, train_x, train_y, key))
 
   def _one_client(self, shared, args) -> jax.Array:
-    server_state, global_params, train_x, train_y, key = shared
+    server_state, train_x, train_y, key = shared
     (client_state, client_id, test_rows, test_mask, train_rows,
      train_mask) = args
     train = Batch(as_float(train_x[train_rows]), train_y[train_rows],
                   train_mask)
     params = self._algorithm.personalization.personal_params(
         server_state, client_state, train, jax.random.fold_in(key, client_id))
-    x, y = as_float(train_x[test_rows]), train_y[test_rows]
-
-    def hits(params):
-      correct = jnp.argmax(self._apply_fn(params, x), axis=-1) == y
-      return jnp.sum(correct * test_mask)
-
-    return jnp.stack([hits(params), hits(global_params)])
+    logits = self._apply_fn(params, as_float(train_x[test_rows]))
+    correct = jnp.argmax(logits, axis=-1) == train_y[test_rows]
+    return jnp.sum(correct * test_mask)
 
 
 def _scored_as_global(algorithm: Algorithm) -> Algorithm:
@@ -274,7 +269,7 @@ class ClientEvaluation:
     if self._personal is not None:
       metrics.update(self._personal(server_state, states, round_num, key))
     if self._new is not None:
-      personal, _ = self._new.per_client_accuracy(
+      personal = self._new.per_client_accuracy(
           server_state, self._initial_states, round_num, key)
       metrics.update(_statistics('newclient_accuracy', personal))
     return metrics

@@ -246,7 +246,10 @@ class Simulation:
   def _algorithm_states(self, ids: np.ndarray) -> PyTree:
     """The algorithm's client state of clients `ids` (without the client
     stages' state), stacked."""
-    rows = self.store.gather(ids)
+    if np.array_equal(ids, np.arange(self.store.num_clients)):
+      rows = self.store.stacked  # Every client: no copy.
+    else:
+      rows = self.store.gather(ids)
     return rows.algorithm if self.channel.of_phase('client') else rows
 
   def _cohort_capacity(self) -> int:
