@@ -7,6 +7,7 @@ from fedjax_core.algorithm import is_traced
 from fedjax_core.algorithm import Batch
 from fedjax_core.algorithm import ClientInfo
 from fedjax_core.algorithm import ClientOutput
+from fedjax_core.algorithm import Personalization
 from fedjax_core.channel.attacks import Attack
 from fedjax_core.engine.batching import CohortBatches
 from fedjax_core.engine.batching import client_num_steps
@@ -20,6 +21,7 @@ from fedjax_core.data.federated import FederatedDataset
 from fedjax_core.engine.decentralized import DecentralizedSimulation
 from fedjax_core.engine.evaluation import Evaluator
 from fedjax_core.engine.evaluation import LocalEvaluator
+from fedjax_core.engine.personal_evaluation import PersonalEvaluator
 from fedjax_core.engine.metrics_writer import MetricsWriter
 from fedjax_core.engine.metrics_writer import read_metrics
 from fedjax_core.engine.placement import client_mesh
@@ -61,6 +63,8 @@ __all__ = (
     'GossipConfig',
     'LocalEvaluator',
     'MetricsWriter',
+    'Personalization',
+    'PersonalEvaluator',
     'RobustAggregation',
     'RoundInputs',
     'Run',
