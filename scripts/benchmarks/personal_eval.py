@@ -111,10 +111,11 @@ def _forward_floor() -> float:
   each."""
   model = models.get_model('mlp', _SHAPE, _CLASSES)
   params = model.init(jax.random.key(0))
-  stacked = jax.tree.map(
+  stacked = jax.device_put(jax.tree.map(
       lambda p: np.broadcast_to(p, (_CLIENTS,) + p.shape) * np.float32(1),
-      params)
-  x = np.ones((_CLIENTS, _PER_CLIENT // 5) + _SHAPE, np.float32)
+      params))
+  x = jax.device_put(np.ones((_CLIENTS, _PER_CLIENT // 5) + _SHAPE,
+                             np.float32))
   forward = jax.jit(jax.vmap(model.apply))
   return harness.median_seconds(
       lambda: jax.block_until_ready(forward(stacked, x)),
