@@ -7,8 +7,14 @@ code of FedSpeed (Sun et al., ICLR 2023): torchvision's
 it runs inside a jitted and vmapped cohort, one key per client and step.
 """
 
+import functools
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
+
+from fedjax_core.data.federated import FederatedDataset
+from fedjax_core.errors import SettingError
 
 
 def random_crop_flip(key: jax.Array, images: jax.Array,
@@ -55,3 +61,23 @@ def random_crop_flip(key: jax.Array, images: jax.Array,
                jnp.clip(src_i, 0, h - 1)[:, :, None],
                jnp.clip(src_j, 0, w - 1)[:, None, :]]
   return jnp.where(inside[..., None], out, jnp.zeros((), images.dtype))
+
+
+def for_dataset(augment: bool, dataset: FederatedDataset
+                ) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
+  """`(key, images) -> images`: `random_crop_flip` with padding H // 8 for
+  `dataset`'s images if `augment`, else None.
+
+  Raises:
+    SettingError: `augment` for examples that are not images.
+  """
+  if not augment:
+    return None
+  if len(dataset.example_shape) != 3:
+    raise SettingError(
+        'augment', 'augment (random crop and flip) needs images of shape '
+        f'[height, width, channels]; {dataset.name} has examples of '
+        f'shape {dataset.example_shape}. Turn augment off for this '
+        'dataset.')
+  return functools.partial(random_crop_flip,
+                           padding=dataset.example_shape[0] // 8)

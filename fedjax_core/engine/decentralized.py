@@ -31,6 +31,7 @@ from fedjax_core.channel import gossip
 from fedjax_core.channel import mixing_weights
 from fedjax_core.channel import peer_robust
 from fedjax_core.channel import topology as topology_lib
+from fedjax_core.data import augmentation
 from fedjax_core.data import sampling
 from fedjax_core.data.federated import FederatedDataset
 from fedjax_core.engine import batching
@@ -42,7 +43,6 @@ from fedjax_core.engine.config import resolve_loop
 from fedjax_core.engine.driver import TrainingDivergedError
 from fedjax_core.engine.evaluation import Evaluator, NodesEvaluator
 from fedjax_core.engine.gossip_round import CompiledGossipRound, GossipInputs
-from fedjax_core.engine.simulation import augment_fn
 from fedjax_core.errors import SettingError
 
 PyTree = Any
@@ -158,7 +158,7 @@ class DecentralizedSimulation:
         unroll=self.loop == 'unroll',
         skip_empty_steps=config.local_steps is None,
         clients_in_parallel=self.clients_in_parallel, mesh=self.mesh,
-        augment=augment_fn(config, dataset))
+        augment=augmentation.for_dataset(config.augment, dataset))
     self._nodes_evaluator = NodesEvaluator(
         model.apply, dataset.test_x, dataset.test_y, config.eval_batch_size)
     self._evaluator = Evaluator(model.apply, dataset.test_x, dataset.test_y,

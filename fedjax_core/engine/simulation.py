@@ -8,7 +8,6 @@ checkpoints, and a run
 given a workdir resumes from its newest readable checkpoint.
 """
 
-import functools
 import math
 import time
 from typing import Any, NamedTuple
@@ -29,7 +28,6 @@ from fedjax_core.data import sampling
 from fedjax_core.data.federated import FederatedDataset
 from fedjax_core.engine import batching
 from fedjax_core.engine import driver
-from fedjax_core.engine import local_training
 from fedjax_core.engine import placement
 from fedjax_core.engine import rounds
 # The run's settings, importable from here too.
@@ -44,22 +42,6 @@ from fedjax_core.engine.state_store import ClientStateStore
 from fedjax_core.engine.state_store import make_store, resolve_state_store
 
 PyTree = Any
-
-
-def augment_fn(config: SimulationConfig, dataset: FederatedDataset
-               ) -> local_training.AugmentFn | None:
-  """The augmentation of every local batch `config.augment` asks for, or
-  None."""
-  if not config.augment:
-    return None
-  if len(dataset.example_shape) != 3:
-    raise SettingError(
-        'augment', 'augment (random crop and flip) needs images of shape '
-        f'[height, width, channels]; {dataset.name} has examples of '
-        f'shape {dataset.example_shape}. Turn augment off for this '
-        'dataset.')
-  return functools.partial(augmentation.random_crop_flip,
-                           padding=dataset.example_shape[0] // 8)
 
 
 class PreparedRound(NamedTuple):
@@ -140,7 +122,7 @@ class Simulation:
     # The model broadcast in float32.
     self.bytes_down = 4 * optax.tree.size(
         algorithm.server_params(self.server_state))
-    augment = augment_fn(config, dataset)
+    augment = augmentation.for_dataset(config.augment, dataset)
     self.privacy = self.sample_privacy = None
     if config.client_dp is not None:
       self.privacy = privacy.ClientLevelPrivacy(
