@@ -66,7 +66,7 @@ def _statistics(prefix: str, accuracy: np.ndarray) -> dict[str, float]:
 
 
 class PersonalEvaluator:
-  """Personal and global accuracy of clients `ids` on their held-out rows.
+  """The accuracy of clients `ids`' personal models on their held-out rows.
 
   Examples:
     >>> evaluator = PersonalEvaluator(
@@ -75,7 +75,7 @@ class PersonalEvaluator:
     ...     test_indices=dataset.local_test_indices, ids=np.arange(50),
     ...     batch_size=10, seed=0, mesh=mesh)
     >>> evaluator(server_state, store.gather, round_num=5, key=key)
-    {'personal_accuracy_mean': ..., 'local_test_accuracy_mean': ...}
+    {'personal_accuracy_mean': ..., 'personal_accuracy_p10': ..., ...}
   """
 
   def __init__(self, algorithm: Algorithm, apply_fn: ApplyFn,
@@ -121,9 +121,6 @@ class PersonalEvaluator:
     self._sharding = placement.cohort_sharding(mesh)
     self._jitted = jax.jit(self._scores)
     self.num_traces = 0
-    # The global model, one model for all, scored in plain batches.
-    self._global = LocalEvaluator(apply_fn, *jax.device_get(
-        (train_x, train_y)), test_indices.select(self._ids))
 
   @property
   def ids(self) -> np.ndarray:
@@ -133,8 +130,7 @@ class PersonalEvaluator:
   def __call__(self, server_state: PyTree, states: StatesFn,
                round_num: int, key: jax.Array) -> dict[str, float]:
     """The mean, p10 and std over the clients of their personal models'
-    accuracy (`personal_accuracy_*`) and of the global model's on the same
-    rows (`local_test_accuracy_*`).
+    accuracy (`personal_accuracy_*`).
 
     Args:
       server_state: the run's server state.
@@ -142,12 +138,8 @@ class PersonalEvaluator:
       round_num: rounds done (the adaptation batches are drawn from it).
       key: the run's key of round `round_num`.
     """
-    personal = self.per_client_accuracy(server_state, states, round_num,
-                                        key)
-    global_ = self._global.per_client_accuracy(
-        self._algorithm.evaluated_params(server_state))
-    return {**_statistics('personal_accuracy', personal),
-            **_statistics('local_test_accuracy', global_)}
+    return _statistics('personal_accuracy', self.per_client_accuracy(
+        server_state, states, round_num, key))
 
   def per_client_accuracy(self, server_state: PyTree, states: StatesFn,
                           round_num: int, key: jax.Array) -> np.ndarray:
@@ -216,9 +208,10 @@ def _scored_as_global(algorithm: Algorithm) -> Algorithm:
 class ClientEvaluation:
   """What a run measures on its clients' own held-out rows.
 
-  A personalized algorithm: each client's personal model and the global
-  model (`PersonalEvaluator`, `personal_accuracy_*`, `local_test_accuracy_*`);
-  any other: the global model (`LocalEvaluator`). With new clients
+  The global model on every client's held-out rows (`LocalEvaluator`,
+  `local_test_accuracy_*`) and, for a personalized algorithm, each client's
+  personal model on the same rows (`PersonalEvaluator`,
+  `personal_accuracy_*`), both on a seeded sample of the clients if asked. With new clients
   (`FederatedDataset.new_clients`), each is personalized the algorithm's way
   from its initial client state and scored (`newclient_accuracy_*`; the
   global model for an algorithm that is not personalized).
@@ -240,12 +233,13 @@ class ClientEvaluation:
             'local_test_fraction', 'A personalized algorithm is scored on '
             "each client's own held-out rows; set local_test_fraction "
             '(e.g. 0.2).')
+      ids = sample_clients(local_test.sizes, max_clients, seed)
       self._personal = PersonalEvaluator(
           algorithm, apply_fn, train_x, train_y,
           train_indices=dataset.client_indices, test_indices=local_test,
-          ids=sample_clients(local_test.sizes, max_clients, seed),
-          **personal)
-    elif local_test is not None:
+          ids=ids, **personal)
+      local_test = local_test.select(ids)
+    if local_test is not None:
       self._local = LocalEvaluator(apply_fn, dataset.train_x,
                                    dataset.train_y, local_test,
                                    eval_batch_size)
