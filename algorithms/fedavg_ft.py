@@ -12,8 +12,7 @@ from typing import Any, Callable
 import jax
 import optax
 
-from fedjax_core.algorithm import Algorithm, Personalization
-from fedjax_core.errors import check_count
+from fedjax_core.algorithm import Algorithm
 from fedjax_core.toolkit import drift
 from fedjax_core.toolkit import fine_tuning
 from fedjax_core.toolkit import local_sgd as local_sgd_lib
@@ -51,16 +50,10 @@ def fedavg_ft(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
     >>> algorithm = fedavg_ft(model.apply, LocalSGD(0.1), optax.sgd(1.0),
     ...                       finetune_steps=5)
   """
-  check_count('finetune_steps', finetune_steps)
   fedavg = local_sgd_lib.stateless_algorithm(
       losses.loss_and_grad(apply_fn), drift.uncorrected, local_sgd,
       server_optimizer, weighted=weighted)
-
-  def personal_params(server_state, client_state, train, rng):
-    del client_state, rng
-    return fine_tuning.fine_tune(
-        apply_fn, server_state.params, train,
-        local_sgd.learning_rate_at(server_state.round_num))
-
-  return fedavg._replace(
-      personalization=Personalization(personal_params, finetune_steps))
+  return fine_tuning.global_model_fine_tuned(
+      fedavg, apply_fn,
+      lambda server_state: local_sgd.learning_rate_at(server_state.round_num),
+      finetune_steps)

@@ -26,9 +26,9 @@ import jax
 import numpy as np
 import optax
 
-from fedjax_core.algorithm import Algorithm, Batch, Personalization
+from fedjax_core.algorithm import Algorithm, Batch
 from fedjax_core.algorithm import is_traced
-from fedjax_core.errors import SettingError, check_count
+from fedjax_core.errors import SettingError
 from fedjax_core.toolkit import drift
 from fedjax_core.toolkit import fine_tuning
 from fedjax_core.toolkit import local_sgd as local_sgd_lib
@@ -120,17 +120,11 @@ def per_fedavg_hf(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
 def _per_fedavg(apply_fn, meta_grad, local_sgd, server_optimizer, weighted,
                 alpha, finetune_steps):
   """FedAvg with local SGD on `meta_grad`, personalized by fine-tuning."""
-  check_count('finetune_steps', finetune_steps)
   fedavg = local_sgd_lib.stateless_algorithm(
       meta_grad, drift.uncorrected, local_sgd, server_optimizer,
       weighted=weighted)
-
-  def personal_params(server_state, client_state, train, rng):
-    del client_state, rng
-    return fine_tuning.fine_tune(apply_fn, server_state.params, train, alpha)
-
-  return fedavg._replace(
-      personalization=Personalization(personal_params, finetune_steps))
+  return fine_tuning.global_model_fine_tuned(
+      fedavg, apply_fn, lambda server_state: alpha, finetune_steps)
 
 
 def _inner_step(grad_fn: GradFn, params: PyTree, d: Batch, d_prime: Batch,

@@ -20,7 +20,8 @@ from typing import Any, Callable
 
 import jax
 
-from fedjax_core.algorithm import Batch
+from fedjax_core.algorithm import Algorithm, Batch, Personalization
+from fedjax_core.errors import check_count
 from fedjax_core.toolkit import losses
 from fedjax_core.toolkit.personal_layers import PersonalLayers
 
@@ -59,3 +60,25 @@ def mean_loss(apply_fn: ApplyFn, params: PyTree, train: Batch) -> jax.Array:
       logits.reshape(-1, logits.shape[-1]), train.y.reshape(-1),
       train.mask.reshape(-1))
 
+
+def global_model_fine_tuned(
+    algorithm: Algorithm, apply_fn: ApplyFn,
+    learning_rate: Callable[[PyTree], float | jax.Array],
+    finetune_steps: int) -> Algorithm:
+  """`algorithm` (whose server state has `params`), each client's personal
+  model the global model after `fine_tune` on `finetune_steps` batches of
+  its training split at `learning_rate(server_state)` (FedAvg-FT,
+  Per-FedAvg); a client that never trained gets the same.
+
+  Raises:
+    SettingError: `finetune_steps` is not an int >= 0.
+  """
+  check_count('finetune_steps', finetune_steps)
+
+  def personal_params(server_state, client_state, train, rng):
+    del client_state, rng
+    return fine_tune(apply_fn, server_state.params, train,
+                     learning_rate(server_state))
+
+  return algorithm._replace(
+      personalization=Personalization(personal_params, finetune_steps))
