@@ -160,7 +160,7 @@ def _clustered(apply_fn, local_sgd, server_optimizer, weighted, model_init,
   pick = lambda models, cluster: jax.tree.map(lambda m: m[cluster], models)
 
   def cluster_losses(models, batch: Batch):
-    return jax.vmap(lambda params: losses.softmax_cross_entropy(
+    return jax.vmap(lambda params: losses.cross_entropy(
         apply_fn(params, batch.x), batch.y, batch.mask))(models)
 
   def server_init(params, rng):

@@ -192,7 +192,7 @@ def _layered(apply_fn: ApplyFn, local_sgd: local_sgd_lib.LocalSGD,
   check_count('finetune_steps', finetune_steps)
   layers = PersonalLayers(personal_layers)
   loss_and_grad = jax.value_and_grad(
-      lambda shared, personal, batch: losses.softmax_cross_entropy(
+      lambda shared, personal, batch: losses.cross_entropy(
           apply_fn(layers.merge(shared, personal), batch.x), batch.y,
           batch.mask), argnums=(0, 1))
   unfrozen = lambda part: part.value if isinstance(part, Frozen) else part

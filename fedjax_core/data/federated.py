@@ -19,6 +19,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from fedjax_core import targets
 from fedjax_core.data.client_indices import ClientIndices
 
 
@@ -52,17 +53,21 @@ class CentralDataset:
   Attributes:
     name: dataset name, as given to `fedjax_core.data.datasets.load_dataset`.
     train_x: `[num_train, *example_shape]` inputs (uint8 images, float32
-      features or int32 character ids).
-    train_y: `[num_train]` int32 labels.
+      features or int32 token ids).
+    train_y: `[num_train, ...]` labels of a kind of `fedjax_core.targets`:
+      int32 classes `[num_train]`, int32 per-position targets
+      `[num_train, T]` or uint8 multi-hot sets `[num_train, num_classes]`.
     test_x: `[num_test, *example_shape]` held-out inputs.
-    test_y: `[num_test]` int32 held-out labels.
-    num_classes: number of label classes.
+    test_y: `[num_test, ...]` held-out labels, of the same kind.
+    num_classes: number of label classes (a language model's vocabulary).
     train_groups: `[num_train]` int natural group key of each training row
       (for example the device that produced it), or None if the dataset has
       none; the 'natural' partition needs it.
     test_groups: `[num_test]` int group key of each test row, in the same
       key space as `train_groups` (a group may have rows in only one split),
       or None.
+    input_vocab: for inputs of token ids, how many ids there are (inputs
+      lie in `[0, input_vocab)`), or None.
   """
 
   name: str
@@ -73,6 +78,7 @@ class CentralDataset:
   num_classes: int
   train_groups: np.ndarray | None = None
   test_groups: np.ndarray | None = None
+  input_vocab: int | None = None
 
   def __post_init__(self):
     _check_splits(self.name, self.train_x, self.train_y, self.test_x,
@@ -116,11 +122,12 @@ class FederatedDataset:
   Attributes:
     name: dataset name, as given to `fedjax_core.data.datasets.load_dataset`.
     train_x: `[num_train, *example_shape]` inputs of all clients (uint8
-      images, float32 features or int32 character ids).
-    train_y: `[num_train]` int32 labels.
+      images, float32 features or int32 token ids).
+    train_y: `[num_train, ...]` labels, of a kind of `fedjax_core.targets`
+      (as `CentralDataset.train_y`).
     client_indices: the training rows of each client.
     test_x: `[num_test, *example_shape]` global held-out inputs.
-    test_y: `[num_test]` int32 held-out labels.
+    test_y: `[num_test, ...]` held-out labels, of the same kind.
     num_classes: number of label classes.
     local_test_indices: rows of `train_x` each client holds out from
       training as its own test split (for per-client metrics), or None.
@@ -128,6 +135,7 @@ class FederatedDataset:
       the run's records, or None.
     new_clients: clients held out of training (`client_indices` holds the
       others), or None.
+    input_vocab: how many token ids token inputs take, or None.
   """
 
   name: str
@@ -140,6 +148,7 @@ class FederatedDataset:
   local_test_indices: ClientIndices | None = None
   partition_info: dict[str, Any] | None = None
   new_clients: NewClients | None = None
+  input_vocab: int | None = None
 
   def __post_init__(self):
     _check_splits(self.name, self.train_x, self.train_y, self.test_x,
@@ -166,6 +175,11 @@ class FederatedDataset:
   @property
   def example_shape(self) -> tuple[int, ...]:
     return tuple(self.train_x.shape[1:])
+
+  @property
+  def target_kind(self) -> str:
+    """The kind of its labels (`fedjax_core.targets.kind`)."""
+    return targets.kind(self.train_y[:0])
 
   @property
   def client_sizes(self) -> np.ndarray:

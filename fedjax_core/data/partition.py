@@ -30,11 +30,15 @@ import bisect
 
 import numpy as np
 
+from fedjax_core import targets
 from fedjax_core.data.client_indices import ClientIndices
+from fedjax_core.errors import SettingError
 
 PARTITION_NAMES = ('iid', 'dirichlet', 'dirichlet_equal', 'pathological',
                    'quantity_skew', 'natural')
 
+# The partitions that split by class label (the others need only a count).
+_BY_LABEL = ('dirichlet', 'dirichlet_equal', 'pathological')
 _MAX_DIRICHLET_TRIES = 1000
 
 
@@ -430,7 +434,11 @@ def make_partition(name: str, *, labels: np.ndarray, num_clients: int,
     ValueError: on an unknown `name`, 'natural' without `groups`, or invalid
       arguments of the scheme.
   """
-  labels = _check_labels(labels)
+  if name in _BY_LABEL and targets.kind(labels) != targets.CLASSES:
+    raise SettingError(
+        'partition', f"Partition '{name}' splits examples by their class, "
+        f'but these labels are {targets.kind(labels)} targets; use one of: '
+        f"{', '.join(n for n in PARTITION_NAMES if n not in _BY_LABEL)}.")
   if name == 'iid':
     return iid_partition(len(labels), num_clients, seed)
   if name == 'dirichlet':

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 import numpy as np
 
+from fedjax_core import targets
 from fedjax_core.data.client_indices import ClientIndices
 
 _HEATMAP_SIZE_INCHES = (8.0, 6.0)
@@ -28,17 +29,31 @@ _MAX_TICKS = 10
 
 def label_counts(labels: np.ndarray, client_indices: ClientIndices,
                  num_classes: int) -> np.ndarray:
-  """`[num_clients, num_classes]` int64 examples of each class per client.
+  """`[num_clients, num_classes]` int64 targets of each class per client:
+  examples' classes, sequences' non-padded positions' classes, or the
+  classes of multi-hot sets (`fedjax_core.targets`).
 
-  One `np.bincount` over `client * num_classes + label`.
+  One `np.bincount` over `client * num_classes + class`.
   """
-  labels = np.asarray(labels, np.int64)[client_indices.rows]
-  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+  labels = np.asarray(labels)[client_indices.rows]
+  client = client_indices.client_of_row()
+  kind = targets.kind(labels)
+  if kind == targets.MULTI_LABEL:
+    rows, classes = np.nonzero(labels)
+    client = client[rows]
+  elif kind == targets.TOKENS:
+    trained = targets.is_trained(labels)
+    classes = targets.class_of(labels)[trained]
+    client = np.broadcast_to(client[:, None], labels.shape)[trained]
+  else:
+    classes = labels
+  classes = classes.astype(np.int64)
+  if classes.size and (classes.min() < 0 or classes.max() >= num_classes):
     raise ValueError(f'labels must lie in [0, {num_classes}), got '
-                     f'[{labels.min()}, {labels.max()}].')
+                     f'[{classes.min()}, {classes.max()}].')
   num_clients = len(client_indices)
-  flat = client_indices.client_of_row() * num_classes + labels
-  counts = np.bincount(flat, minlength=num_clients * num_classes)
+  counts = np.bincount(client * num_classes + classes,
+                       minlength=num_clients * num_classes)
   return counts.astype(np.int64).reshape(num_clients, num_classes)
 
 
@@ -70,16 +85,21 @@ def summarize(labels: np.ndarray, client_indices: ClientIndices,
                   label_counts(labels, client_indices, num_classes))
 
 
-def _summary(sizes: np.ndarray, counts: np.ndarray) -> dict[str, Any]:
-  entropy = label_entropy(counts)[sizes > 0]
-  return {
+def _summary(sizes: np.ndarray, counts: np.ndarray | None) -> dict[str, Any]:
+  summary = {
       'num_clients': len(sizes),
       'num_examples': int(sizes.sum()),
-      'num_classes': counts.shape[1],
       'client_size': {'min': int(sizes.min()),
                       'median': float(np.median(sizes)),
                       'mean': float(sizes.mean()),
                       'max': int(sizes.max())},
+  }
+  if counts is None:
+    return summary
+  entropy = label_entropy(counts)[sizes > 0]
+  return {
+      **summary,
+      'num_classes': counts.shape[1],
       'label_entropy_bits': {'mean': float(entropy.mean()),
                              'min': float(entropy.min()),
                              'max': float(entropy.max()),
@@ -88,23 +108,25 @@ def _summary(sizes: np.ndarray, counts: np.ndarray) -> dict[str, Any]:
 
 
 def write_partition_json(path: str | os.PathLike,
-                         client_indices: ClientIndices, counts: np.ndarray,
+                         client_indices: ClientIndices,
+                         counts: np.ndarray | None,
                          *, scheme: str, args: dict[str, Any],
                          local_test_indices: ClientIndices | None = None
                          ) -> dict[str, Any]:
   """Writes the partition, its summary and its label counts as JSON.
 
   The file holds `scheme`, `args`, `summary` (see `summarize`),
-  `client_sizes`, `label_counts` (one list per client), and `offsets` and
-  `rows`, from which `read_partition` rebuilds `client_indices`. Rows the
-  clients hold out as local test splits, if any, are in
-  `local_test_offsets` and `local_test_rows`, in the same form.
+  `client_sizes`, `label_counts` (one list per client, if given), and
+  `offsets` and `rows`, from which `read_partition` rebuilds
+  `client_indices`. Rows the clients hold out as local test splits, if any,
+  are in `local_test_offsets` and `local_test_rows`, in the same form.
 
   Args:
     path: the JSON file to write.
     client_indices: the training rows of each client.
     counts: their `label_counts`, computed once by the caller, who may also
-      plot them.
+      plot them, or None to leave the label statistics out (a population
+      too large for a dense clients x classes table).
     scheme: the partition's name.
     args: the partition's arguments.
     local_test_indices: each client's held-out rows, or None.
@@ -117,10 +139,11 @@ def write_partition_json(path: str | os.PathLike,
       'args': args,
       'summary': _summary(client_indices.sizes, counts),
       'client_sizes': client_indices.sizes.tolist(),
-      'label_counts': counts.tolist(),
       'offsets': client_indices.offsets.tolist(),
       'rows': client_indices.rows.tolist(),
   }
+  if counts is not None:
+    record['label_counts'] = counts.tolist()
   if local_test_indices is not None:
     record['local_test_offsets'] = local_test_indices.offsets.tolist()
     record['local_test_rows'] = local_test_indices.rows.tolist()

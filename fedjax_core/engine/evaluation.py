@@ -14,10 +14,10 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from fedjax_core.data.client_indices import ClientIndices
 from fedjax_core.data.federated import as_float
+from fedjax_core.toolkit import losses
 
 PyTree = Any
 ApplyFn = Callable[[PyTree, jax.Array], jax.Array]
@@ -25,17 +25,20 @@ ApplyFn = Callable[[PyTree, jax.Array], jax.Array]
 
 @functools.partial(jax.jit, static_argnums=0)
 def _batch_outputs(apply_fn: ApplyFn, params: PyTree, x: jax.Array,
-                   y: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Per-example loss and 0/1 correctness of one batch. Jitted at module
-  level, so evaluators of one model and batch shape share a compile (the
-  runs of `VmappedRuns` each have their own)."""
-  logits = apply_fn(params, as_float(x))
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-  return loss, (jnp.argmax(logits, axis=-1) == y).astype(jnp.float32)
+                   y: jax.Array) -> losses.ExampleScores:
+  """Per-example scores of one batch. Jitted at module level, so evaluators
+  of one model and batch shape share a compile (the runs of `VmappedRuns`
+  each have their own)."""
+  return losses.example_scores(apply_fn(params, as_float(x)), y)
+
+
+def _padded(a: np.ndarray, rows: int) -> np.ndarray:
+  return np.concatenate([a, np.zeros((rows,) + a.shape[1:], a.dtype)])
 
 
 class _PerExample:
-  """Per-example loss and correctness of a fixed split, in padded batches.
+  """Per-example scores (`losses.ExampleScores`) of a fixed split, in
+  padded batches.
 
   The split is put on the device once, already cut into batches; every batch
   has the same shape, so the per-batch function compiles once.
@@ -48,25 +51,30 @@ class _PerExample:
     batch_size = min(batch_size, len(x))
     num_batches = -(-len(x) // batch_size)
     pad = num_batches * batch_size - len(x)
-    x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-    y = np.concatenate([y, np.zeros(pad, y.dtype)])
+    x, y = _padded(x, pad), _padded(y, pad)
     self.batches = [
         (jnp.asarray(x[i:i + batch_size]), jnp.asarray(y[i:i + batch_size]))
         for i in range(0, len(x), batch_size)]
     self.num_examples = num_batches * batch_size - pad
     self.apply_fn = apply_fn
 
-  def __call__(self, params: PyTree) -> tuple[np.ndarray, np.ndarray]:
-    """`[num_examples]` losses and 0/1 correctness, in split order."""
-    outputs = [_batch_outputs(self.apply_fn, params, x, y)
-               for x, y in self.batches]
-    loss, correct = (np.concatenate(a)[:self.num_examples]
-                     for a in zip(*jax.device_get(outputs)))
-    return loss, correct
+  def __call__(self, params: PyTree) -> losses.ExampleScores:
+    """`[num_examples]` scores of each kind, in split order."""
+    outputs = jax.device_get([_batch_outputs(self.apply_fn, params, x, y)
+                              for x, y in self.batches])
+    return losses.ExampleScores(*(
+        np.concatenate(a)[:self.num_examples] for a in zip(*outputs)))
+
+
+def _ratio(total: np.ndarray, count: np.ndarray, axis=None) -> np.ndarray:
+  """sum(total) / sum(count) in float64 (the mean when counts are ones)."""
+  return (np.sum(total, axis=axis, dtype=np.float64) /
+          np.sum(count, axis=axis, dtype=np.float64))
 
 
 class Evaluator:
-  """Loss and accuracy of `apply_fn` on a fixed split.
+  """Loss and accuracy of `apply_fn` on a fixed split, pooled over its
+  targets (examples, or non-padded positions of sequences).
 
   Examples:
     >>> evaluator = Evaluator(model.apply, test_x, test_y, batch_size=512)
@@ -78,9 +86,9 @@ class Evaluator:
     self._per_example = _PerExample(apply_fn, x, y, batch_size)
 
   def __call__(self, params: PyTree) -> dict[str, float]:
-    loss, correct = self._per_example(params)
-    return {'loss': float(np.mean(loss, dtype=np.float64)),
-            'accuracy': float(np.mean(correct, dtype=np.float64))}
+    scores = self._per_example(params)
+    return {'loss': float(_ratio(scores.loss, scores.trained)),
+            'accuracy': float(_ratio(scores.correct, scores.scored))}
 
 
 class LocalEvaluator:
@@ -99,15 +107,17 @@ class LocalEvaluator:
     rows = local_test_indices.rows
     self._per_example = _PerExample(apply_fn, x[rows], y[rows], batch_size)
     self._client_of_row = local_test_indices.client_of_row()
-    self._sizes = local_test_indices.sizes
+    self._num_clients = len(local_test_indices)
 
   def per_client_accuracy(self, params: PyTree) -> np.ndarray:
-    """Accuracy of every client with held-out rows, in client order."""
-    _, correct = self._per_example(params)
-    hits = np.bincount(self._client_of_row, weights=correct,
-                       minlength=len(self._sizes))
-    has_rows = self._sizes > 0
-    return hits[has_rows] / self._sizes[has_rows]
+    """Accuracy of every client with scored held-out targets, in client
+    order."""
+    scores = self._per_example(params)
+    hits, scored = (np.bincount(self._client_of_row, weights=a,
+                                minlength=self._num_clients)
+                    for a in (scores.correct, scores.scored))
+    has_rows = scored > 0
+    return hits[has_rows] / scored[has_rows]
 
   def __call__(self, params: PyTree) -> dict[str, float]:
     accuracy = self.per_client_accuracy(params)
@@ -117,10 +127,9 @@ class LocalEvaluator:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _nodes_batch_outputs(apply_fn: ApplyFn, stacked_params: PyTree,
-                         x: jax.Array, y: jax.Array
-                         ) -> tuple[jax.Array, jax.Array]:
+                         x: jax.Array, y: jax.Array) -> losses.ExampleScores:
   """`_batch_outputs` of every model of `stacked_params` (leading axis =
-  models) on one batch: `[models, batch]` losses and correctness."""
+  models) on one batch: `[models, batch]` scores."""
   return jax.vmap(_batch_outputs.__wrapped__, in_axes=(None, 0, None, None))(
       apply_fn, stacked_params, x, y)
 
@@ -144,15 +153,16 @@ class NodesEvaluator:
     """`[models]` mean losses and accuracies."""
     split = self._split
     num_models = jax.tree.leaves(stacked_params)[0].shape[0]
-    losses, accuracies = [], []
+    model_losses, accuracies = [], []
     for start in range(0, num_models, self._models_per_call):
       chunk = jax.tree.map(
           lambda p: p[start:start + self._models_per_call], stacked_params)
       outputs = jax.device_get([
           _nodes_batch_outputs(split.apply_fn, chunk, x, y)
           for x, y in split.batches])
-      loss, correct = (np.concatenate(a, axis=1)[:, :split.num_examples]
-                       for a in zip(*outputs))
-      losses.append(loss.mean(axis=1, dtype=np.float64))
-      accuracies.append(correct.mean(axis=1, dtype=np.float64))
-    return np.concatenate(losses), np.concatenate(accuracies)
+      scores = losses.ExampleScores(*(
+          np.concatenate(a, axis=1)[:, :split.num_examples]
+          for a in zip(*outputs)))
+      model_losses.append(_ratio(scores.loss, scores.trained, axis=1))
+      accuracies.append(_ratio(scores.correct, scores.scored, axis=1))
+    return np.concatenate(model_losses), np.concatenate(accuracies)

@@ -30,6 +30,7 @@ from fedjax_core.engine import batching
 from fedjax_core.engine import placement
 from fedjax_core.engine.evaluation import LocalEvaluator
 from fedjax_core.errors import SettingError
+from fedjax_core.toolkit import losses
 
 PyTree = Any
 ApplyFn = Callable[[PyTree, jax.Array], jax.Array]
@@ -143,9 +144,10 @@ class PersonalEvaluator:
 
   def per_client_accuracy(self, server_state: PyTree, states: StatesFn,
                           round_num: int, key: jax.Array) -> np.ndarray:
-    """`[len(ids)]` accuracies of the clients' personal models."""
+    """`[len(ids)]` accuracies of the clients' personal models (0 for a
+    client none of whose held-out targets is scored)."""
     key = jax.random.fold_in(key, streams.PERSONAL_EVAL)
-    hits = []
+    counts = []
     for start in range(0, len(self._ids), self._per_call):
       ids = self._ids[start:start + self._per_call]
       pad = self._per_call - len(ids)
@@ -155,11 +157,12 @@ class PersonalEvaluator:
                 *self._train_batches(ids, round_num))
       inputs = [np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)])
                 for a in inputs]
-      hits.append(jax.device_get(self._jitted(
+      counts.append(jax.device_get(self._jitted(
           server_state, states(padded),
           placement.put((padded.astype(np.int32), *inputs), self._sharding),
           self._train_x, self._train_y, key))[:len(ids)])
-    return np.concatenate(hits) / self._test_mask.sum(axis=1)
+    hits, scored = np.concatenate(counts).T
+    return hits / np.maximum(scored, 1)
 
   def _train_batches(self, ids: np.ndarray, round_num: int
                      ) -> tuple[np.ndarray, np.ndarray]:
@@ -176,7 +179,8 @@ class PersonalEvaluator:
 
   def _scores(self, server_state, client_states, inputs, train_x, train_y,
               key) -> jax.Array:
-    """`[clients]` correct held-out rows of the personal models."""
+    """`[clients, 2]` correct and scored held-out targets of the personal
+    models."""
     self.num_traces += 1
     return placement.map_clients(
         self._one_client, (client_states, *inputs), mesh=self._mesh,
@@ -191,8 +195,9 @@ class PersonalEvaluator:
     params = self._algorithm.personalization.personal_params(
         server_state, client_state, train, jax.random.fold_in(key, client_id))
     logits = self._apply_fn(params, as_float(train_x[test_rows]))
-    correct = jnp.argmax(logits, axis=-1) == train_y[test_rows]
-    return jnp.sum(correct * test_mask)
+    scores = losses.example_scores(logits, train_y[test_rows])
+    return jnp.stack([jnp.sum(scores.correct * test_mask),
+                      jnp.sum(scores.scored * test_mask)])
 
 
 def _scored_as_global(algorithm: Algorithm) -> Algorithm:

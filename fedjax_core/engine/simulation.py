@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fedjax_core import targets
 from fedjax_core.algorithm import Algorithm
 from fedjax_core.channel import assembly
 from fedjax_core.channel import privacy
@@ -152,6 +153,12 @@ class Simulation:
     self._secure = None
     if config.secure_aggregation is not None:
       self._secure = config.secure_aggregation.config(self._cohort_capacity())
+    if (config.attack is not None and config.attack.name == 'label_flip'
+        and targets.kind(dataset.train_y) != targets.CLASSES):
+      raise SettingError(
+          'attack', f'Label flipping flips class labels, but {dataset.name} '
+          f'has {targets.kind(dataset.train_y)} targets; choose a model '
+          'attack.')
     self.channel = assembly.build_chain(
         downlink=config.downlink, uplink=config.uplink, attack=config.attack,
         num_classes=dataset.num_classes, robust=config.robust,

@@ -46,8 +46,9 @@ def private_loss_and_grad(apply_fn: Callable[[PyTree, jax.Array], jax.Array],
                           config: DPSGDConfig) -> PrivateGradFn:
   """`(params, batch, rng) -> (loss, noised clipped mean gradient)`.
 
-  The loss is the masked mean cross-entropy at `params`, as
-  `losses.loss_and_grad` reports it.
+  The loss is the masked mean over the examples of each one's
+  cross-entropy at `params` (as `losses.loss_and_grad` reports it for
+  class labels; per-position targets are averaged per example first).
 
   Examples:
     >>> grad_fn = private_loss_and_grad(model.apply, DPSGDConfig(1.0, 1.1))
@@ -55,8 +56,8 @@ def private_loss_and_grad(apply_fn: Callable[[PyTree, jax.Array], jax.Array],
   """
 
   def example_loss(params, x, y):
-    logits = apply_fn(params, x[None])
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y[None])[0]
+    return losses.cross_entropy(apply_fn(params, x[None]), y[None],
+                                jnp.ones(1))
 
   per_example = jax.vmap(jax.value_and_grad(example_loss),
                          in_axes=(None, 0, 0))

@@ -40,7 +40,7 @@ def fine_tune(apply_fn: ApplyFn, params: PyTree, train: Batch,
   else:
     frozen, tuned = trainable.split(params)
     whole = lambda tuned: trainable.merge(frozen, tuned)
-  loss_and_grad = jax.grad(lambda tuned, batch: losses.softmax_cross_entropy(
+  loss_and_grad = jax.grad(lambda tuned, batch: losses.cross_entropy(
       apply_fn(whole(tuned), batch.x), batch.y, batch.mask))
 
   def step(tuned, batch):
@@ -56,9 +56,9 @@ def mean_loss(apply_fn: ApplyFn, params: PyTree, train: Batch) -> jax.Array:
   """The mean cross-entropy of `params` over the real examples of every
   batch of `train` (0 if it has none)."""
   logits = jax.vmap(apply_fn, in_axes=(None, 0))(params, train.x)
-  return losses.softmax_cross_entropy(
-      logits.reshape(-1, logits.shape[-1]), train.y.reshape(-1),
-      train.mask.reshape(-1))
+  merge_batches = lambda a: a.reshape(-1, *a.shape[2:])
+  return losses.cross_entropy(merge_batches(logits), merge_batches(train.y),
+                              merge_batches(train.mask))
 
 
 def global_model_fine_tuned(

@@ -41,8 +41,8 @@ def sgd_step_fn(model: models.Model):
   it: `step(params, x, y) -> params`."""
   def step(params, x, y):
     def loss_fn(p):
-      return losses.softmax_cross_entropy(model.apply(p, x), y,
-                                          jnp.ones(y.shape, jnp.float32))
+      return losses.cross_entropy(model.apply(p, x), y,
+                                  jnp.ones(y.shape, jnp.float32))
     grads = jax.grad(loss_fn)(params)
     return jax.tree.map(lambda p, g: p - LR * g, params, grads)
   return step
