@@ -36,8 +36,9 @@ def _inputs(shape):
 
 
 def test_model_names():
-  assert MODEL_NAMES == ('cnn', 'logreg', 'mlp', 'resnet18_gn', 'transformer',
-                         'vit')
+  assert MODEL_NAMES == ('bow_logreg', 'cnn', 'logreg', 'lstm_sent140',
+                         'lstm_shakespeare', 'lstm_stackoverflow', 'mlp',
+                         'resnet18_gn', 'transformer', 'vit')
 
 
 @pytest.mark.parametrize('name,shape,num_classes', [
@@ -102,7 +103,7 @@ def test_logreg_matches_numpy():
 
 
 def test_unknown_model_lists_valid_names():
-  with pytest.raises(ValueError, match="'foo'.*cnn, logreg, mlp"):
+  with pytest.raises(ValueError, match="'foo'.*cnn, logreg, .*mlp"):
     get_model('foo', (28, 28, 1), 10)
 
 

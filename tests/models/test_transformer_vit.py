@@ -141,6 +141,33 @@ def test_float_and_int_tokens_give_same_logits():
                            atol=1e-5), position
 
 
+@pytest.mark.slow
+def test_per_position_logits_end_with_the_last_position_logits():
+  module, params, apply = _tiny('transformer')
+  per_position = jax.jit(module.clone(per_position=True).apply)
+  tokens = np.random.default_rng(2).integers(0, _VOCAB, (3, _LENGTH))
+  all_logits = per_position(params, tokens.astype(np.float32))
+  assert all_logits.shape == (3, _LENGTH, _VOCAB)
+  np.testing.assert_allclose(all_logits[:, -1],
+                             apply(params, tokens.astype(np.float32)),
+                             rtol=1e-5, atol=1e-6)
+  # Position 0 sees only the first token.
+  changed = tokens.copy()
+  changed[:, 1:] = (tokens[:, 1:] + 1) % _VOCAB
+  np.testing.assert_allclose(
+      per_position(params, changed.astype(np.float32))[:, 0],
+      all_logits[:, 0], rtol=1e-5, atol=1e-6)
+
+
+def test_input_vocab_sizes_the_token_embedding():
+  params = jax.eval_shape(get_model('transformer', (8,), 5,
+                                    input_vocab=11).init,
+                          jax.random.PRNGKey(0))
+  paths = _paths(params)
+  assert paths['params/token_embed/embedding'].shape == (11, 64)
+  assert paths['params/head/kernel'].shape == (64, 5)
+
+
 @pytest.mark.parametrize('t', [0, 3, _LENGTH - 2])
 def test_causal_block_ignores_the_future(t):
   x = _random(0, (_BATCH, _LENGTH, _WIDTH))
