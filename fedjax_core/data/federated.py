@@ -66,8 +66,9 @@ class CentralDataset:
     test_groups: `[num_test]` int group key of each test row, in the same
       key space as `train_groups` (a group may have rows in only one split),
       or None.
-    input_vocab: for inputs of token ids, how many ids there are (inputs
-      lie in `[0, input_vocab)`), or None.
+    input_vocab: for inputs of token ids, how many ids a model embeds
+      (`[0, input_vocab)`; a loader may reserve ids outside it, such as -1
+      for padding, and says so), or None.
   """
 
   name: str

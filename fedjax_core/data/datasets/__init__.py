@@ -1,13 +1,16 @@
 """Built-in federated datasets; see `registry.load_dataset`."""
 
 from fedjax_core.data.datasets.digits import load_digits
+from fedjax_core.data.datasets.huggingface import HFSource
 from fedjax_core.data.datasets.registry import DATA_PARTS
+from fedjax_core.data.datasets.registry import LOCAL_TESTS
 from fedjax_core.data.datasets.registry import DATASET_NAMES
 from fedjax_core.data.datasets.registry import check_holdout_clients
 from fedjax_core.data.datasets.registry import check_local_test_fraction
 from fedjax_core.data.datasets.registry import default_num_clients
 from fedjax_core.data.datasets.registry import default_partition
 from fedjax_core.data.datasets.registry import federate
+from fedjax_core.data.datasets.registry import has_local_tests
 from fedjax_core.data.datasets.registry import load_central
 from fedjax_core.data.datasets.registry import load_dataset
 from fedjax_core.data.datasets.registry import select_part
@@ -23,6 +26,7 @@ from fedjax_core.data.datasets.tfds_images import TFDS_NAMES
 from fedjax_core.data.datasets.tfds_images import load_tfds
 
 __all__ = ['DATASET_NAMES', 'DATA_PARTS', 'DatasetNotPreparedError',
+           'HFSource', 'LOCAL_TESTS', 'has_local_tests',
            'TEXT_NAMES', 'TFDS_NAMES', 'VOCAB_SIZE',
            'check_holdout_clients', 'check_local_test_fraction', 'decode',
            'default_num_clients', 'default_partition', 'encode', 'federate',

@@ -6,9 +6,14 @@ Networks", arXiv:1812.06127), whose devices are a natural grouping. The
 TFDS image datasets (`tfds_images.TFDS_NAMES`) are read from a prepared
 TFDS data directory. The next-character text datasets (`text.TEXT_NAMES`:
 'pydoc_topics', built in, and 'shakespeare', from TFDS) are grouped by
-document, one client per document by default. Any partition of
+document, one client per document by default. The standard federated
+benchmarks are read from files a user downloaded elsewhere, with their
+natural clients: TFF's SQLite files (`tff`, `tff_stackoverflow`), LEAF's
+JSON directories (`leaf`, `leaf_text`) and saved Hugging Face datasets
+('huggingface', one client per value of a column). Any partition of
 `fedjax_core.data.partition` applies to any dataset ('natural' needs a group
-key, which only 'synthetic' and the text datasets have).
+key, which 'synthetic', the text datasets and the benchmarks have; the
+label-based partitions need one class per example).
 
 A dataset can be cut into two disjoint parts (`DATA_PARTS`), so that a model
 pre-trained centrally on one ('pretrain') can be fine-tuned federatedly on
@@ -26,19 +31,34 @@ from fedjax_core.errors import SettingError
 from fedjax_core.data.client_indices import ClientIndices
 from fedjax_core.data.federated import CentralDataset, FederatedDataset
 from fedjax_core.data.federated import NewClients
+from fedjax_core.data.source_local_test import source_local_test
+from fedjax_core.data.datasets import huggingface
+from fedjax_core.data.datasets import leaf
+from fedjax_core.data.datasets import leaf_text
 from fedjax_core.data.datasets import text
+from fedjax_core.data.datasets import tff
+from fedjax_core.data.datasets import tff_stackoverflow
 from fedjax_core.data.datasets import tfds_images
 from fedjax_core.data.datasets.digits import load_digits
 from fedjax_core.data.datasets.synthetic import load_synthetic
 
+# The federated benchmarks read from files a user downloaded (each module's
+# LOADERS: name -> loader(data_dir=..., seed=...) -> CentralDataset).
+_FILE_LOADERS = {**leaf.LOADERS, **leaf_text.LOADERS, **tff.LOADERS,
+                 **tff_stackoverflow.LOADERS}
 DATASET_NAMES = ('digits', 'synthetic', *tfds_images.TFDS_NAMES,
-                 *text.TEXT_NAMES)
+                 *text.TEXT_NAMES, *_FILE_LOADERS, huggingface.NAME)
 DATA_PARTS = ('all', 'pretrain', 'finetune')
+# Where the clients' own test splits come from (`load_dataset`).
+LOCAL_TESTS = ('holdout', 'source')
 # Populations and partitions used when none is asked for; the text datasets
 # default to one client per group.
 _DEFAULT_CLIENTS = {'digits': 20, 'synthetic': 30}
+# Datasets with one client per natural group (document, speaker, writer,
+# user) unless a population is asked for.
+_PER_GROUP = (*text.TEXT_NAMES, *_FILE_LOADERS, huggingface.NAME)
 _DEFAULT_PARTITION = {'synthetic': 'natural',
-                      **dict.fromkeys(text.TEXT_NAMES, 'natural')}
+                      **dict.fromkeys(_PER_GROUP, 'natural')}
 _TFDS_DEFAULT_CLIENTS = 100  # FL-Simulator's default population.
 
 
@@ -46,28 +66,44 @@ def default_num_clients(name: str) -> int | None:
   """The population `load_dataset` splits `name` into when none is given;
   None for the text datasets, whose one client per group is known once
   loaded."""
-  if name in text.TEXT_NAMES:
+  if name in _PER_GROUP:
     return None
   return _DEFAULT_CLIENTS.get(name, _TFDS_DEFAULT_CLIENTS)
 
 
-def check_local_test_fraction(fraction: float) -> None:
-  """Raises ValueError unless `fraction` of each client's rows can be held
-  out as its test split: 0 <= fraction < 1."""
+def check_local_test_fraction(fraction: float,
+                              local_test: str = 'holdout') -> None:
+  """Raises SettingError unless `fraction` of each client's rows can be
+  held out as its test split (0 <= fraction < 1), and is 0 when the
+  clients' test splits come from the source (`local_test` 'source')."""
+  if local_test not in LOCAL_TESTS:
+    raise SettingError('local_test', f"Unknown local test split "
+                       f"'{local_test}'; valid: {', '.join(LOCAL_TESTS)}.")
   if not 0 <= fraction < 1:
     raise SettingError('local_test_fraction', 'local_test_fraction must be '
                        f'in [0, 1), got {fraction}.')
+  if local_test == 'source' and fraction > 0:
+    raise SettingError(
+        'local_test_fraction', "With the source's test rows as the clients' "
+        'test splits (local_test=source), hold out nothing more: leave '
+        'local_test_fraction at 0.')
 
 
-def check_holdout_clients(fraction: float, local_test_fraction: float
-                          ) -> None:
+def has_local_tests(local_test_fraction: float,
+                    local_test: str = 'holdout') -> bool:
+  """Whether the clients get test splits of their own."""
+  return local_test == 'source' or local_test_fraction > 0
+
+
+def check_holdout_clients(fraction: float, local_tests: bool) -> None:
   """Raises SettingError unless `fraction` of the clients can be held out
-  of training as new clients: 0 <= fraction < 1, and clients hold out
-  test rows (`local_test_fraction` > 0) to score them on."""
+  of training as new clients: 0 <= fraction < 1, and clients have test
+  splits of their own (`local_tests`, see `has_local_tests`) to score them
+  on."""
   if not 0 <= fraction < 1:
     raise SettingError('holdout_clients', 'holdout_clients must be in '
                        f'[0, 1), got {fraction}.')
-  if fraction > 0 and local_test_fraction == 0:
+  if fraction > 0 and not local_tests:
     raise SettingError(
         'holdout_clients', 'New clients (holdout_clients) are scored on '
         'their own held-out rows; set local_test_fraction too (e.g. 0.2).')
@@ -182,8 +218,8 @@ def select_part(central: CentralDataset, part: str) -> CentralDataset:
 
 def load_central(name: str, *, num_clients: int, seed: int = 0,
                  data_dir: str | None = None, synthetic_alpha: float = 1.0,
-                 synthetic_beta: float = 1.0,
-                 part: str = 'all') -> CentralDataset:
+                 synthetic_beta: float = 1.0, part: str = 'all',
+                 hf: huggingface.HFSource | None = None) -> CentralDataset:
   """The arrays of dataset `name`, or of one part, before any split into
   clients.
 
@@ -198,6 +234,8 @@ def load_central(name: str, *, num_clients: int, seed: int = 0,
     synthetic_beta: synthetic only: spread of the devices' inputs.
     part: one of `DATA_PARTS`: the whole dataset or one of two disjoint
       parts of it (`select_part`).
+    hf: 'huggingface' only: where the dataset lies and which columns to
+      use.
 
   Returns:
     The `CentralDataset`.
@@ -219,6 +257,14 @@ def load_central(name: str, *, num_clients: int, seed: int = 0,
     central = text.load_pydoc_topics()
   elif name in text.TFDS_TEXT_NAMES:
     central = text.load_tfds_text(name, data_dir=data_dir)
+  elif name in _FILE_LOADERS:
+    central = _FILE_LOADERS[name](data_dir=data_dir, seed=seed)
+  elif name == huggingface.NAME:
+    if hf is None:
+      raise SettingError(
+          'hf_path', f"Dataset '{name}' reads a saved Hugging Face dataset; "
+          'give its path and the column whose values are the clients.')
+    central = huggingface.load_hf(hf, seed=seed)
   else:
     raise ValueError(f"Unknown dataset '{name}'; valid datasets: "
                      f"{', '.join(DATASET_NAMES)}.")
@@ -226,8 +272,10 @@ def load_central(name: str, *, num_clients: int, seed: int = 0,
 
 
 def federate(central: CentralDataset, client_indices, *,
-             local_test_fraction: float = 0.0, holdout_clients: float = 0.0,
-             seed: int = 0, partition_info: dict[str, Any] | None = None
+             local_test_fraction: float = 0.0,
+             local_test: ClientIndices | None = None,
+             holdout_clients: float = 0.0, seed: int = 0,
+             partition_info: dict[str, Any] | None = None
              ) -> FederatedDataset:
   """Gives each client its rows and, optionally, a local test split.
 
@@ -236,17 +284,21 @@ def federate(central: CentralDataset, client_indices, *,
     client_indices: `ClientIndices` of the training rows per client.
     local_test_fraction: share of each client's rows held out as its own
       test split (`ClientIndices.hold_out`); 0 holds out nothing.
+    local_test: each client's test rows (of `central.train_x`) when they
+      are given rather than held out (`source_local_test`), or None.
     holdout_clients: share of the clients that never train, kept as
-      `new_clients` (needs `local_test_fraction` > 0).
+      `new_clients` (needs test rows per client).
     seed: seed of the hold-out draws.
     partition_info: how the split was made, kept for the run's records.
 
   Returns:
     The `FederatedDataset`.
   """
-  check_local_test_fraction(local_test_fraction)
-  check_holdout_clients(holdout_clients, local_test_fraction)
-  local_test = new_clients = None
+  check_local_test_fraction(
+      local_test_fraction, 'holdout' if local_test is None else 'source')
+  check_holdout_clients(holdout_clients,
+                        local_test is not None or local_test_fraction > 0)
+  new_clients = None
   if local_test_fraction > 0:
     client_indices, local_test = client_indices.hold_out(local_test_fraction,
                                                          seed)
@@ -265,7 +317,7 @@ def federate(central: CentralDataset, client_indices, *,
       client_indices=client_indices, test_x=central.test_x,
       test_y=central.test_y, num_classes=central.num_classes,
       local_test_indices=local_test, partition_info=partition_info,
-      new_clients=new_clients)
+      new_clients=new_clients, input_vocab=central.input_vocab)
 
 
 def load_dataset(name: str,
@@ -282,7 +334,9 @@ def load_dataset(name: str,
                  data_dir: str | None = None,
                  synthetic_alpha: float = 1.0,
                  synthetic_beta: float = 1.0,
-                 part: str = 'all') -> FederatedDataset:
+                 part: str = 'all',
+                 hf: huggingface.HFSource | None = None,
+                 local_test: str = 'holdout') -> FederatedDataset:
   """Loads a dataset, or one part of it, and splits it across clients.
 
   Args:
@@ -309,6 +363,12 @@ def load_dataset(name: str,
     synthetic_beta: synthetic only: spread of the devices' inputs.
     part: one of `DATA_PARTS`: the whole dataset or one of two disjoint
       parts of it (`select_part`).
+    hf: 'huggingface' only: where the dataset lies and which columns to
+      use.
+    local_test: one of `LOCAL_TESTS`: 'holdout' holds out
+      `local_test_fraction` of each client's rows as its test split;
+      'source' takes each client's own rows of the source's test split
+      (`source_local_test`; one client per natural group).
 
   Returns:
     The `FederatedDataset`, with `partition_info` naming the scheme and its
@@ -320,23 +380,35 @@ def load_dataset(name: str,
   """
   # The text datasets' default population, one client per group of the
   # part, is known once loaded; their loaders ignore num_clients.
-  per_group = num_clients is None and name in text.TEXT_NAMES
+  per_group = num_clients is None and name in _PER_GROUP
   if num_clients is None:
     num_clients = default_num_clients(name) or _TFDS_DEFAULT_CLIENTS
   partition = partition or default_partition(name)
   central = load_central(name, num_clients=num_clients, seed=seed,
                          data_dir=data_dir, synthetic_alpha=synthetic_alpha,
-                         synthetic_beta=synthetic_beta, part=part)
+                         synthetic_beta=synthetic_beta, part=part, hf=hf)
   if per_group:
     num_clients = len(np.unique(central.train_groups))
   args = dict(num_clients=num_clients, seed=seed,
               dirichlet_alpha=dirichlet_alpha,
               classes_per_client=classes_per_client, size_sigma=size_sigma,
               min_client_size=min_client_size)
+  check_local_test_fraction(local_test_fraction, local_test)
   client_indices = partition_lib.make_partition(
       partition, labels=central.train_y, groups=central.train_groups, **args)
+  source_test = None
+  if local_test == 'source':
+    if partition != 'natural' or not per_group:
+      raise SettingError(
+          'local_test', "The source's test rows are split by natural "
+          "client; use partition 'natural' with one client per group (no "
+          'num_clients).')
+    central, source_test = source_local_test(central)
   return federate(central, client_indices,
                   local_test_fraction=local_test_fraction,
+                  local_test=source_test,
                   holdout_clients=holdout_clients, seed=seed,
                   partition_info={'scheme': partition,
-                                  'args': {**args, 'part': part}})
+                                  'args': {**args, 'part': part,
+                                           **({'local_test': 'source'}
+                                              if source_test else {})}})
