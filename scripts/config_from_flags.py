@@ -19,6 +19,8 @@ import jax
 
 import algorithms
 import fedjax_core
+from fedjax_core import errors
+from fedjax_core import targets
 from fedjax_core.channel import aggregation
 from fedjax_core.channel import attacks
 from fedjax_core.channel import privacy
@@ -205,6 +207,13 @@ def _lora_config() -> lora.LoRAConfig:
                          targets=script_flags.LORA_TARGETS.value)
 
 
+def model_keywords(dataset: fedjax_core.FederatedDataset) -> dict:
+  """`models.get_model`'s keywords for `dataset`: how many token ids its
+  inputs take, and logits per position for per-position targets."""
+  return dict(input_vocab=dataset.input_vocab,
+              per_position=dataset.target_kind == targets.TOKENS)
+
+
 def personal_layers(name: str, dataset) -> str | None:
   """--personal_layers of algorithm `name`, by default `name`'s split of
   --model's head for `dataset`; None for the algorithms that do not split
@@ -214,7 +223,7 @@ def personal_layers(name: str, dataset) -> str | None:
   if script_flags.PERSONAL_LAYERS.value:
     return script_flags.PERSONAL_LAYERS.value
   head = models.head_layers(script_flags.MODEL.value, dataset.example_shape,
-                            dataset.num_classes)
+                            dataset.num_classes, **model_keywords(dataset))
   return algorithms.default_personal_layers(name, head)
 
 
@@ -302,15 +311,18 @@ def check(names: list[str]) -> None:
       partition.check_alpha(script_flags.DIRICHLET_ALPHA.value)
     except ValueError as e:
       raise ValueError(f'--dirichlet_alpha: {e}') from None
-  datasets.check_local_test_fraction(script_flags.LOCAL_TEST_FRACTION.value)
+  local_tests = datasets.has_local_tests(
+      script_flags.LOCAL_TEST_FRACTION.value, script_flags.LOCAL_TEST.value)
+  datasets.check_local_test_fraction(script_flags.LOCAL_TEST_FRACTION.value,
+                                     script_flags.LOCAL_TEST.value)
   datasets.check_holdout_clients(script_flags.HOLDOUT_CLIENTS.value,
-                                 script_flags.LOCAL_TEST_FRACTION.value)
+                                 local_tests)
   personal = sorted(set(names) & set(algorithms.PERSONAL_ALGORITHMS))
-  if personal and script_flags.LOCAL_TEST_FRACTION.value == 0:
+  if personal and not local_tests:
     raise ValueError(
         f'--local_test_fraction: the personalized algorithms '
         f'({", ".join(personal)}) are scored on each client\'s own held-out '
-        'rows; set --local_test_fraction (e.g. 0.2).')
+        'rows; set --local_test_fraction (e.g. 0.2) or --local_test=source.')
   if num_clients is None:
     num_clients = datasets.default_num_clients(dataset)
   simulation_config(script_flags.SEED.value, None, False).validate(
@@ -353,4 +365,19 @@ def load_dataset(seed: int) -> fedjax_core.FederatedDataset:
       data_dir=script_flags.DATA_DIR.value,
       synthetic_alpha=script_flags.SYNTHETIC_ALPHA.value,
       synthetic_beta=script_flags.SYNTHETIC_BETA.value,
-      part=script_flags.DATA_PART.value)
+      part=script_flags.DATA_PART.value, hf=_hf_source(),
+      local_test=script_flags.LOCAL_TEST.value)
+
+
+def _hf_source() -> datasets.HFSource | None:
+  """--hf_* as the source of dataset 'huggingface', or None when unset."""
+  if script_flags.HF_PATH.value is None:
+    return None
+  if script_flags.HF_PARTITION_BY.value is None:
+    raise errors.SettingError(
+        'hf_partition_by', 'name the column whose values are the clients, '
+        "e.g. FEMNIST's writer_id.")
+  return datasets.HFSource(
+      script_flags.HF_PATH.value, script_flags.HF_PARTITION_BY.value,
+      features=script_flags.HF_FEATURES.value,
+      label=script_flags.HF_LABEL.value)

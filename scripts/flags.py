@@ -99,6 +99,8 @@ _PERSONAL = Switch(
     'a personalized --algorithm '
     f'({"|".join(algorithms.PERSONAL_ALGORITHMS)})',
     lambda: bool(set(ALGORITHM.value) & set(algorithms.PERSONAL_ALGORITHMS)))
+_HUGGINGFACE = Switch('--dataset=huggingface',
+                      lambda: DATASET.value == datasets.huggingface.NAME)
 _SPLIT_MODEL = Switch(
     f'--algorithm={"|".join(algorithms.SPLIT_MODEL_ALGORITHMS)}',
     lambda: bool(set(ALGORITHM.value)
@@ -110,11 +112,32 @@ ALGORITHM = flags.DEFINE_list(
     f'{", ".join(algorithms.ALGORITHM_NAMES)}.')
 DATASET = flags.DEFINE_enum(
     'dataset', 'digits', datasets.DATASET_NAMES,
-    'Dataset. digits and synthetic need no download; the others are read '
-    'from a prepared TFDS data directory (--data_dir).')
+    'Dataset. digits, synthetic and pydoc_topics need no download; the '
+    'others are read from files in --data_dir (a prepared TFDS data '
+    "directory, TFF's SQLite files or LEAF's JSON directories; README.md "
+    'lists them) or, for huggingface, from --hf_path.')
 DATA_DIR = flags.DEFINE_string(
-    'data_dir', None, 'TFDS data directory (default: $TFDS_DATA_DIR, else '
-    '~/tensorflow_datasets).')
+    'data_dir', None, 'Where the data lie: the TFDS data directory for the '
+    'TFDS datasets (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets), '
+    "the directory of TFF's SQLite files for tff_* (default: "
+    "~/.keras/datasets, where TFF caches them), LEAF's data/ directory for "
+    'leaf_*.')
+HF_PATH = _define(
+    flags.DEFINE_string, 'hf_path', None, 'dataset=huggingface: a '
+    'directory written by save_to_disk, a .parquet file or a directory of '
+    '.parquet files.', needs=_HUGGINGFACE)
+HF_PARTITION_BY = _define(
+    flags.DEFINE_string, 'hf_partition_by', None, 'dataset=huggingface: '
+    "the column whose values are the clients (e.g. FEMNIST's writer_id).",
+    needs=_HUGGINGFACE)
+HF_FEATURES = _define(
+    flags.DEFINE_string, 'hf_features', None, 'dataset=huggingface: the '
+    'input column (default: the one image column, else the one column '
+    'left).', needs=_HUGGINGFACE)
+HF_LABEL = _define(
+    flags.DEFINE_string, 'hf_label', None, 'dataset=huggingface: the label '
+    "column (default: the one ClassLabel column, else 'label').",
+    needs=_HUGGINGFACE)
 DATA_PART = flags.DEFINE_enum(
     'data_part', 'all', datasets.DATA_PARTS, 'Part of the dataset to use: '
     'all, or one of two disjoint halves (by document or speaker for text, '
@@ -149,11 +172,17 @@ LOCAL_TEST_FRACTION = flags.DEFINE_float(
     'local_test_fraction', 0.0, 'Share of each client\'s examples held out '
     'as its own test split; evaluation then also reports the mean and 10th '
     'percentile of per-client accuracy.')
+LOCAL_TEST = flags.DEFINE_enum(
+    'local_test', 'holdout', datasets.LOCAL_TESTS, "Each client's own test "
+    'split: holdout (--local_test_fraction of its rows) or source (its rows '
+    "of the source's test split: LEAF's and TFF's per-client test data; "
+    'one client per natural group).')
 HOLDOUT_CLIENTS = flags.DEFINE_float(
     'holdout_clients', 0.0, 'Share of the clients that never train (a '
     'seeded choice): at evaluation each is personalized the algorithm\'s '
     'way from its own training split and scored on its own held-out rows '
-    '(newclient_accuracy_mean). Needs --local_test_fraction.')
+    '(newclient_accuracy_mean). Needs --local_test_fraction or '
+    '--local_test=source.')
 PERSONAL_LAYERS = _define(
     flags.DEFINE_string,
     'personal_layers', None, 'Path regex (searched in each parameter\'s '

@@ -30,6 +30,7 @@ import optax
 import orbax.checkpoint as ocp
 import tqdm
 
+from fedjax_core import targets
 from fedjax_core.data import datasets
 from fedjax_core.toolkit import losses
 from fedjax_core.toolkit import optimizers
@@ -104,7 +105,10 @@ def pretrain(workdir: str) -> dict[str, float]:
                                 seed=_SEED.value, data_dir=_DATA_DIR.value)
   data = datasets.select_part(whole, _DATA_PART.value)
   example_shape = tuple(data.train_x.shape[1:])
-  model = models.get_model(_MODEL.value, example_shape, data.num_classes)
+  model = models.get_model(
+      _MODEL.value, example_shape, data.num_classes,
+      input_vocab=data.input_vocab,
+      per_position=targets.kind(data.train_y) == targets.TOKENS)
   evaluators = {_DATA_PART.value: Evaluator(model.apply, data.test_x,
                                             data.test_y)}
   other = _other_part(_DATA_PART.value)
