@@ -19,7 +19,9 @@ what it runs and what each figure it reports means:
   gossip: decentralized rounds (256 nodes on a ring) against FedAvg's, the
     three mixing kernels, and 256 against 1,024 nodes;
   personal_eval: scoring 1,000 clients' personal models on their own
-    held-out rows against one round of a 10-client cohort.
+    held-out rows against one round of a 10-client cohort;
+  stackoverflow_shape: loading a generated 342,477-client StackOverflow
+    file, and FedAvg rounds of its LSTM on random tokens.
 The placement flags (--loop, --clients_in_parallel, --state_store,
 --mesh_shape, --cpu_devices) apply to every workload.
 
@@ -57,6 +59,7 @@ from scripts.benchmarks import population
 from scripts.benchmarks import privacy
 from scripts.benchmarks import resnet18_gn
 from scripts.benchmarks import robustness
+from scripts.benchmarks import stackoverflow_shape
 from scripts.benchmarks import sweep
 
 # Each workload's module; `run()` returns its figures by name.
@@ -65,7 +68,8 @@ _MODULES = {'mlp': mlp, 'cnn_cifar': cnn_cifar, 'resnet18_gn': resnet18_gn,
             'privacy': privacy, 'dp_accounting': dp_accounting,
             'robustness': robustness, 'cohort_assembly': cohort_assembly,
             'sweep': sweep, 'gossip': gossip,
-            'personal_eval': personal_eval}
+            'personal_eval': personal_eval,
+            'stackoverflow_shape': stackoverflow_shape}
 WORKLOADS = tuple(_MODULES)
 # Workloads whose limits run in a child process, by `limits()`.
 _LIMITED = ('mlp', 'cnn_cifar')
