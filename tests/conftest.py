@@ -1,6 +1,6 @@
 """pytest configuration: puts tests/ on sys.path, so tests in any folder can
 import the shared helpers here (`tfds_fakes`, `interruptions`,
-`eight_devices`); and makes the suite compile less.
+`eight_devices`, `train_in_process`); and makes the suite compile less.
 
 Most of the suite's time is XLA compiling small programs, many of them
 the same program again (each command-line test's subprocess, each run of a

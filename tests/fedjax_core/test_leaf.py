@@ -5,8 +5,6 @@ out by hand."""
 import json
 import os
 
-from absl import flags
-from absl.testing import flagsaver
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,8 +13,7 @@ from fedjax_core.data import datasets
 from fedjax_core.data.datasets import leaf
 from fedjax_core.data.datasets import leaf_text
 from fedjax_core.data.datasets.tfds_images import DatasetNotPreparedError
-from fedjax_core.engine import placement
-from scripts import train
+from train_in_process import run_train
 
 
 def _write_split(root, dataset, split, files):
@@ -314,17 +311,8 @@ def test_load_dataset_gives_one_client_per_writer(tmp_path):
 def test_train_runs_on_leaf_femnist(tmp_path, monkeypatch):
   """scripts/train.py's main in this process, two rounds of logreg."""
   _write_femnist(tmp_path / 'data')
-  monkeypatch.setattr(placement, 'use_cpu_device_per_core', lambda n: None)
-  workdir = tmp_path / 'run'
-  with flagsaver.flagsaver():
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(['train', '--dataset=leaf_femnist',
-                 f'--data_dir={tmp_path / "data"}', '--model=logreg',
-                 '--algorithm=fedavg', '--num_rounds=2', '--eval_every=1',
-                 '--clients_per_round=2', '--batch_size=2',
-                 '--progress=false', f'--workdir={workdir}'])
-    train.main(['train'])
-  with open(workdir / 'metrics.jsonl') as f:
-    records = [json.loads(line) for line in f]
+  records, _, _ = run_train(
+      tmp_path / 'run', monkeypatch, '--dataset=leaf_femnist',
+      f'--data_dir={tmp_path / "data"}', '--model=logreg')
   assert [r['round'] for r in records] == [1, 2]
   assert all(0 <= r['test_accuracy'] <= 1 for r in records)

@@ -1,11 +1,7 @@
 """Tests of the TFF benchmarks read from tiny files in TFF's SQLite schema."""
 
-import json
-
 import numpy as np
 import pytest
-from absl import flags
-from absl.testing import flagsaver
 
 from fedjax_core import targets
 from fedjax_core.data import datasets
@@ -13,8 +9,7 @@ from fedjax_core.data.datasets import tff
 from fedjax_core.data.datasets.tff_example import serialize_example
 from fedjax_core.data.datasets.tff_sqlite import write_sqlite
 from fedjax_core.data.datasets.tfds_images import DatasetNotPreparedError
-from fedjax_core.engine import placement
-from scripts import train
+from train_in_process import run_train
 
 
 def _emnist_example(ink: int, label: int) -> bytes:
@@ -150,17 +145,8 @@ def test_load_dataset_gives_one_client_per_writer(tmp_path):
 def test_train_runs_on_tff_emnist(tmp_path, monkeypatch):
   """scripts/train.py's main in this process, two rounds of logreg."""
   _write_emnist(tmp_path / 'data', rows_per_writer=2)
-  monkeypatch.setattr(placement, 'use_cpu_device_per_core', lambda n: None)
-  workdir = tmp_path / 'run'
-  with flagsaver.flagsaver():
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(['train', '--dataset=tff_emnist',
-                 f'--data_dir={tmp_path / "data"}', '--model=logreg',
-                 '--algorithm=fedavg', '--num_rounds=2', '--eval_every=1',
-                 '--clients_per_round=2', '--batch_size=2',
-                 '--progress=false', f'--workdir={workdir}'])
-    train.main(['train'])
-  with open(workdir / 'metrics.jsonl') as f:
-    records = [json.loads(line) for line in f]
+  records, _, _ = run_train(
+      tmp_path / 'run', monkeypatch, '--dataset=tff_emnist',
+      f'--data_dir={tmp_path / "data"}', '--model=logreg')
   assert [r['round'] for r in records] == [1, 2]
   assert all(0 <= r['test_accuracy'] <= 1 for r in records)

@@ -4,37 +4,13 @@ dataset whose clients are scored on their own source test rows."""
 
 import json
 
-from absl import flags
-from absl.testing import flagsaver
 import numpy as np
 import pytest
 
 from fedjax_core.data.datasets import tff_example
 from fedjax_core.data.datasets import tff_sqlite
-from fedjax_core.engine import placement
 from scripts.benchmarks import stackoverflow_files
-from scripts import train
-
-_RUN = ['--algorithm=fedavg', '--num_rounds=2', '--eval_every=1',
-        '--clients_per_round=2', '--batch_size=2', '--progress=false']
-
-
-def _train(tmp_path, monkeypatch, *args) -> tuple[list[dict], dict, dict]:
-  """Runs train's main in this process; the metrics, the summary and the
-  partition record."""
-  monkeypatch.setattr(placement, 'use_cpu_device_per_core', lambda n: None)
-  workdir = tmp_path / 'run'
-  with flagsaver.flagsaver():
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(['train', *_RUN, *args, f'--workdir={workdir}'])
-    train.main(['train'])
-  with open(workdir / 'metrics.jsonl') as f:
-    records = [json.loads(line) for line in f]
-  with open(workdir / 'summary.json') as f:
-    summary = json.load(f)
-  with open(workdir / 'partition.json') as f:
-    return records, summary, json.load(f)
-
+from train_in_process import run_train
 
 @pytest.mark.slow
 def test_tff_shakespeare_trains_an_lstm_per_position(tmp_path, monkeypatch):
@@ -48,8 +24,8 @@ def test_tff_shakespeare_trains_an_lstm_per_position(tmp_path, monkeypatch):
   (tmp_path / 'data').mkdir()
   tff_sqlite.write_sqlite(tmp_path / 'data' / 'shakespeare.sqlite',
                           {'train': rows('train'), 'test': rows('test')})
-  records, summary, _ = _train(
-      tmp_path, monkeypatch, '--dataset=tff_shakespeare',
+  records, summary, _ = run_train(
+      tmp_path / 'run', monkeypatch, '--dataset=tff_shakespeare',
       f'--data_dir={tmp_path / "data"}', '--model=lstm_shakespeare',
       '--local_test=source')
   assert [r['round'] for r in records] == [1, 2]
@@ -80,8 +56,8 @@ def _write_leaf_sent140(root):
 @pytest.mark.slow
 def test_leaf_sent140_trains_leafs_lstm(tmp_path, monkeypatch):
   _write_leaf_sent140(tmp_path / 'leaf')
-  records, _, partition = _train(
-      tmp_path, monkeypatch, '--dataset=leaf_sent140',
+  records, _, partition = run_train(
+      tmp_path / 'run', monkeypatch, '--dataset=leaf_sent140',
       f'--data_dir={tmp_path / "leaf"}', '--model=lstm_sent140')
   assert [r['round'] for r in records] == [1, 2]
   assert partition['summary']['num_clients'] == 3
@@ -100,8 +76,8 @@ def test_huggingface_clients_are_scored_on_their_test_rows(tmp_path,
   datasets.DatasetDict({
       'train': split(6, ['w1', 'w1', 'w2', 'w2', 'w3', 'w3']),
       'test': split(3, ['w3', 'w1', 'w9'])}).save_to_disk(tmp_path / 'hf')
-  records, _, partition = _train(
-      tmp_path, monkeypatch, '--dataset=huggingface',
+  records, _, partition = run_train(
+      tmp_path / 'run', monkeypatch, '--dataset=huggingface',
       f'--hf_path={tmp_path / "hf"}', '--hf_partition_by=writer_id',
       '--model=logreg', '--local_test=source')
   assert partition['summary']['num_clients'] == 3
@@ -119,8 +95,8 @@ def test_tff_stackoverflow_tags_train_a_bag_of_words_regression(
   sets, scored by recall at 5."""
   stackoverflow_files.make_files(str(tmp_path / 'data'), clients=6,
                                  examples_per_client=2, test_fraction=1)
-  records, _, partition = _train(
-      tmp_path, monkeypatch, '--dataset=tff_stackoverflow_tags',
+  records, _, partition = run_train(
+      tmp_path / 'run', monkeypatch, '--dataset=tff_stackoverflow_tags',
       f'--data_dir={tmp_path / "data"}', '--model=bow_logreg',
       '--local_test=source')
   assert partition['summary']['num_clients'] == 6
