@@ -47,5 +47,6 @@ EVAL_NODES = 0xe7a1        # which nodes a decentralized run evaluates
 EVAL_CLIENTS = 0xe7a2      # which clients a personal evaluation scores
 HOLDOUT_CLIENTS = 0x401d   # which clients never train (new clients)
 SPLIT_TEST_ROWS = 0x6846   # a single-split dataset's per-client test rows
+TEST_SUBSAMPLE = 0x7e57    # which rows of the global test split are kept
 # Folded into the root key `key(seed)`.
 BYZANTINE_NODES = 0xb72    # which nodes of a decentralized run are Byzantine

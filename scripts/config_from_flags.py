@@ -366,7 +366,8 @@ def load_dataset(seed: int) -> fedjax_core.FederatedDataset:
       synthetic_alpha=script_flags.SYNTHETIC_ALPHA.value,
       synthetic_beta=script_flags.SYNTHETIC_BETA.value,
       part=script_flags.DATA_PART.value, hf=_hf_source(),
-      local_test=script_flags.LOCAL_TEST.value)
+      local_test=script_flags.LOCAL_TEST.value,
+      test_examples=script_flags.TEST_EXAMPLES.value)
 
 
 def _hf_source() -> datasets.HFSource | None:

@@ -147,8 +147,9 @@ MODEL = flags.DEFINE_enum('model', 'mlp', models.MODEL_NAMES, 'Model.')
 NUM_CLIENTS = _define(
     flags.DEFINE_integer,
     'num_clients', None, 'Population size (default: 20 for digits, 30 '
-    'devices for synthetic, 100 for the TFDS datasets); the nodes of a '
-    'decentralized run.',
+    'devices for synthetic, 100 for the TFDS image datasets, one per '
+    'natural group for the text datasets and the benchmarks); the nodes '
+    'of a decentralized run.',
     sets=('num_nodes',))
 PARTITION = flags.DEFINE_enum(
     'partition', None, partition.PARTITION_NAMES,
@@ -157,7 +158,8 @@ PARTITION = flags.DEFINE_enum(
     'dirichlet_equal (per-client class priors ~ Dir(alpha), equal sizes, '
     'FedDyn / FL-Simulator); pathological (--classes_per_client shards, '
     'McMahan et al. 2017); quantity_skew (lognormal sizes, IID labels); '
-    'natural (by device; synthetic only). Default: natural for synthetic, '
+    'natural (one client per device, document, writer, speaker or user of '
+    'the datasets that have such a key). Default: natural for those, '
     'dirichlet otherwise.')
 DIRICHLET_ALPHA = flags.DEFINE_float(
     'dirichlet_alpha', 0.5, 'Concentration of the Dirichlet partitions '
@@ -172,6 +174,10 @@ LOCAL_TEST_FRACTION = flags.DEFINE_float(
     'local_test_fraction', 0.0, 'Share of each client\'s examples held out '
     'as its own test split; evaluation then also reports the mean and 10th '
     'percentile of per-client accuracy.')
+TEST_EXAMPLES = flags.DEFINE_integer(
+    'test_examples', None, 'Evaluate the global model on this many seeded '
+    'rows of the test split (default: all of it), e.g. 10000 of '
+    "StackOverflow's 16 million test sentences.", lower_bound=1)
 LOCAL_TEST = flags.DEFINE_enum(
     'local_test', 'holdout', datasets.LOCAL_TESTS, "Each client's own test "
     'split: holdout (--local_test_fraction of its rows) or source (its rows '

@@ -1,4 +1,5 @@
-"""Clients' own test rows taken from the source's per-client test split."""
+"""Clients' own test rows from the source's per-client test split, and a
+seeded subsample of the global test split."""
 
 import numpy as np
 import pytest
@@ -57,3 +58,30 @@ def test_source_rows_exclude_a_held_out_fraction():
   with pytest.raises(SettingError, match='leave local_test_fraction at 0'):
     registry.federate(central, clients, local_test=local_test,
                       local_test_fraction=0.5)
+
+
+def test_a_subsample_of_the_global_test_split_is_seeded():
+  whole = registry.load_dataset('digits', seed=3)
+  sample = registry.load_dataset('digits', seed=3, test_examples=40)
+  again = registry.load_dataset('digits', seed=3, test_examples=40)
+  other = registry.load_dataset('digits', seed=4, test_examples=40)
+  assert len(sample.test_y) == 40
+  np.testing.assert_array_equal(sample.test_x, again.test_x)
+  assert not np.array_equal(sample.test_x, other.test_x)
+  # Every kept row is a row of the whole split, in the split's order.
+  flat = whole.test_x.reshape(len(whole.test_x), -1)
+  rows = [np.flatnonzero((flat == r.ravel()).all(axis=1))[0]
+          for r in sample.test_x]
+  assert rows == sorted(rows)
+  np.testing.assert_array_equal(whole.test_y[rows], sample.test_y)
+  assert sample.partition_info['args']['test_examples'] == 40
+  assert len(registry.load_dataset('digits', test_examples=10**6).test_y) \
+      == len(whole.test_y)
+
+
+def test_source_test_rows_come_from_the_whole_split():
+  central, local_test = source_local_test(_central())
+  sampled = registry.subsample_test(central, 2, seed=0)
+  assert len(sampled.test_y) == 2 and len(local_test.rows) == 4
+  with pytest.raises(SettingError, match='test_examples must be >= 1'):
+    registry.subsample_test(central, 0, seed=0)

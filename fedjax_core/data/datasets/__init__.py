@@ -14,6 +14,7 @@ from fedjax_core.data.datasets.registry import has_local_tests
 from fedjax_core.data.datasets.registry import load_central
 from fedjax_core.data.datasets.registry import load_dataset
 from fedjax_core.data.datasets.registry import select_part
+from fedjax_core.data.datasets.registry import subsample_test
 from fedjax_core.data.datasets.synthetic import load_synthetic
 from fedjax_core.data.datasets.text import TEXT_NAMES
 from fedjax_core.data.datasets.text import VOCAB_SIZE
@@ -32,4 +33,4 @@ __all__ = ['DATASET_NAMES', 'DATA_PARTS', 'DatasetNotPreparedError',
            'default_num_clients', 'default_partition', 'encode', 'federate',
            'load_central', 'load_dataset', 'load_digits',
            'load_pydoc_topics', 'load_synthetic', 'load_tfds',
-           'load_tfds_text', 'select_part']
+           'load_tfds_text', 'select_part', 'subsample_test']

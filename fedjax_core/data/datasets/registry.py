@@ -271,6 +271,29 @@ def load_central(name: str, *, num_clients: int, seed: int = 0,
   return select_part(central, part)
 
 
+def subsample_test(central: CentralDataset, count: int | None,
+                   seed: int) -> CentralDataset:
+  """`central` with `count` seeded rows of its test split (in their
+  order), or unchanged if `count` is None or covers the split, so that a
+  huge test split (StackOverflow's 16.6 million sentences) is evaluated on
+  a sample.
+
+  Raises:
+    SettingError: if `count` is below 1.
+  """
+  if count is None or count >= len(central.test_y):
+    return central
+  if count < 1:
+    raise SettingError('test_examples', 'test_examples must be >= 1, got '
+                       f'{count}.')
+  rng = np.random.default_rng((seed, streams.TEST_SUBSAMPLE))
+  rows = np.sort(rng.choice(len(central.test_y), count, replace=False))
+  return dataclasses.replace(
+      central, test_x=central.test_x[rows], test_y=central.test_y[rows],
+      test_groups=(None if central.test_groups is None
+                   else central.test_groups[rows]))
+
+
 def federate(central: CentralDataset, client_indices, *,
              local_test_fraction: float = 0.0,
              local_test: ClientIndices | None = None,
@@ -336,7 +359,8 @@ def load_dataset(name: str,
                  synthetic_beta: float = 1.0,
                  part: str = 'all',
                  hf: huggingface.HFSource | None = None,
-                 local_test: str = 'holdout') -> FederatedDataset:
+                 local_test: str = 'holdout',
+                 test_examples: int | None = None) -> FederatedDataset:
   """Loads a dataset, or one part of it, and splits it across clients.
 
   Args:
@@ -369,6 +393,9 @@ def load_dataset(name: str,
       `local_test_fraction` of each client's rows as its test split;
       'source' takes each client's own rows of the source's test split
       (`source_local_test`; one client per natural group).
+    test_examples: evaluate on this many seeded rows of the global test
+      split (`subsample_test`); None keeps it whole. Clients' own test
+      rows are taken before, from the whole split.
 
   Returns:
     The `FederatedDataset`, with `partition_info` naming the scheme and its
@@ -404,11 +431,14 @@ def load_dataset(name: str,
           "client; use partition 'natural' with one client per group (no "
           'num_clients).')
     central, source_test = source_local_test(central)
+  central = subsample_test(central, test_examples, seed)
+  recorded = {**args, 'part': part}
+  if source_test is not None:
+    recorded['local_test'] = 'source'
+  if test_examples is not None:
+    recorded['test_examples'] = test_examples
   return federate(central, client_indices,
                   local_test_fraction=local_test_fraction,
                   local_test=source_test,
                   holdout_clients=holdout_clients, seed=seed,
-                  partition_info={'scheme': partition,
-                                  'args': {**args, 'part': part,
-                                           **({'local_test': 'source'}
-                                              if source_test else {})}})
+                  partition_info={'scheme': partition, 'args': recorded})
