@@ -1,11 +1,13 @@
 """Evaluation of a global model (or of many node models) on held-out data.
 
 `Evaluator` scores the dataset's test split; `NodesEvaluator` scores many
-models on it at once (a decentralized run's node models). `LocalEvaluator` scores each
-client's own held-out rows and reports how the global model serves the
-clients: the mean and the 10th percentile of the per-client accuracy (the
-fairness view of Li et al., 2020, "Fair Resource Allocation in Federated
-Learning", ICLR).
+models on it at once (a decentralized run's node models). `LocalEvaluator`
+scores each client's own held-out rows and reports how the global model
+serves the clients: the mean and the 10th percentile of the per-client
+accuracy (the fairness view of Li et al., 2020, "Fair Resource Allocation
+in Federated Learning", ICLR). Losses and accuracies pool the targets of
+the examples scored (`losses.example_scores`): one per example, or the
+scored positions of sequences.
 """
 
 import functools

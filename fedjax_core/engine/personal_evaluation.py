@@ -216,10 +216,11 @@ class ClientEvaluation:
   The global model on every client's held-out rows (`LocalEvaluator`,
   `local_test_accuracy_*`) and, for a personalized algorithm, each client's
   personal model on the same rows (`PersonalEvaluator`,
-  `personal_accuracy_*`), both on a seeded sample of the clients if asked. With new clients
-  (`FederatedDataset.new_clients`), each is personalized the algorithm's way
-  from its initial client state and scored (`newclient_accuracy_*`; the
-  global model for an algorithm that is not personalized).
+  `personal_accuracy_*`), both on a seeded sample of the clients if
+  asked. With new clients (`FederatedDataset.new_clients`), each is
+  personalized the algorithm's way from its initial client state and
+  scored (`newclient_accuracy_*`; the global model for an algorithm that is
+  not personalized).
   """
 
   def __init__(self, algorithm: Algorithm, apply_fn: ApplyFn,
