@@ -55,6 +55,7 @@ flags.adopt_module_key_flags(script_flags)  # --help lists them.
 # 64 MB of int64; StackOverflow's 342,477 users x 10,004 words is 3.4G).
 _MAX_LABEL_CELLS = 1 << 23
 
+
 def _byzantine_line(config: simulation.SimulationConfig) -> str:
   """One line saying who attacks and which rule defends."""
   parts = []

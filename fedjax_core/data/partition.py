@@ -437,7 +437,8 @@ def make_partition(name: str, *, labels: np.ndarray, num_clients: int,
   if name in _BY_LABEL and targets.kind(labels) != targets.CLASSES:
     raise SettingError(
         'partition', f"Partition '{name}' splits examples by their class, "
-        f'but these labels are {targets.kind(labels)} targets; use one of: '
+        'but these labels are not one class per example (they are '
+        f"'{targets.kind(labels)}'); use one of: "
         f"{', '.join(n for n in PARTITION_NAMES if n not in _BY_LABEL)}.")
   if name == 'iid':
     return iid_partition(len(labels), num_clients, seed)

@@ -156,9 +156,9 @@ class Simulation:
     if (config.attack is not None and config.attack.name == 'label_flip'
         and targets.kind(dataset.train_y) != targets.CLASSES):
       raise SettingError(
-          'attack', f'Label flipping flips class labels, but {dataset.name} '
-          f'has {targets.kind(dataset.train_y)} targets; choose a model '
-          'attack.')
+          'attack', f'Label flipping flips class labels, but the labels of '
+          f"{dataset.name} are '{targets.kind(dataset.train_y)}', not one "
+          'class per example; choose a model attack.')
     self.channel = assembly.build_chain(
         downlink=config.downlink, uplink=config.uplink, attack=config.attack,
         num_classes=dataset.num_classes, robust=config.robust,

@@ -388,3 +388,14 @@ def test_make_partition_natural_needs_groups():
                      '2000 labels'):
     partition.make_partition('natural', labels=_labels(), num_clients=2,
                              seed=0, groups=np.array([1, 2, 3]))
+
+
+@pytest.mark.parametrize('name', ['dirichlet', 'dirichlet_equal',
+                                  'pathological'])
+def test_label_partitions_refuse_targets_that_are_not_one_class(name):
+  tokens = np.zeros((8, 5), np.int32)
+  with pytest.raises(ValueError, match="not one class per example .*"
+                     "'tokens'.*iid, quantity_skew, natural"):
+    partition.make_partition(name, labels=tokens, num_clients=2, seed=0)
+  assert len(partition.make_partition('iid', labels=tokens, num_clients=2,
+                                      seed=0)) == 2

@@ -85,3 +85,8 @@ def test_source_test_rows_come_from_the_whole_split():
   assert len(sampled.test_y) == 2 and len(local_test.rows) == 4
   with pytest.raises(SettingError, match='test_examples must be >= 1'):
     registry.subsample_test(central, 0, seed=0)
+
+
+def test_source_test_rows_need_a_per_client_test_split():
+  with pytest.raises(SettingError, match='no test split per client'):
+    registry.load_dataset('digits', local_test='source')

@@ -425,12 +425,13 @@ def load_dataset(name: str,
       partition, labels=central.train_y, groups=central.train_groups, **args)
   source_test = None
   if local_test == 'source':
+    appended, source_test = source_local_test(central)
     if partition != 'natural' or not per_group:
       raise SettingError(
           'local_test', "The source's test rows are split by natural "
           "client; use partition 'natural' with one client per group (no "
           'num_clients).')
-    central, source_test = source_local_test(central)
+    central = appended
   central = subsample_test(central, test_examples, seed)
   recorded = {**args, 'part': part}
   if source_test is not None:
