@@ -154,10 +154,10 @@ class Simulation:
     if config.secure_aggregation is not None:
       self._secure = config.secure_aggregation.config(self._cohort_capacity())
     if (config.attack is not None and config.attack.name == 'label_flip'
-        and targets.kind(dataset.train_y) != targets.CLASSES):
+        and dataset.target_kind != targets.CLASSES):
       raise SettingError(
           'attack', f'Label flipping flips class labels, but the labels of '
-          f"{dataset.name} are '{targets.kind(dataset.train_y)}', not one "
+          f"{dataset.name} are '{dataset.target_kind}', not one "
           'class per example; choose a model attack.')
     self.channel = assembly.build_chain(
         downlink=config.downlink, uplink=config.uplink, attack=config.attack,

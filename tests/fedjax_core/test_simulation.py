@@ -17,6 +17,7 @@ from fedjax_core import CheckpointMismatchError
 from fedjax_core import Simulation, SimulationConfig, TrainingDivergedError
 from fedjax_core.engine.simulation import resolve_loop
 from fedjax_core import Checkpointer, read_metrics, sample_clients
+from fedjax_core.channel import attacks
 from fedjax_core.data import sampling
 from fedjax_core.data.datasets import load_dataset
 from interruptions import fail_at_round
@@ -427,3 +428,10 @@ def test_resume_with_another_algorithm_is_refused_and_keeps_the_workdir(
   assert sorted(os.listdir(checkpoints)) == ['2', '4']
   assert [m['round'] for m in read_metrics(
       os.path.join(workdir, 'metrics.jsonl'))] == [1, 2, 3, 4]
+
+
+def test_label_flipping_refuses_labels_that_are_not_classes(dataset):
+  sets = dataclasses.replace(dataset, train_y=np.zeros(
+      (len(dataset.train_y), dataset.num_classes), np.uint8))
+  with pytest.raises(ValueError, match="flips class labels.*'multi_label'"):
+    _simulation(sets, attack=attacks.Attack('label_flip', fraction=0.3))
