@@ -62,7 +62,8 @@ def build_chain(*, downlink: uplink_lib.Uplink | None = None,
     downlink: compression of the broadcast, or None.
     uplink: compression (and momentum) of the clients' messages, or None.
     attack: the Byzantine clients' attack, or None.
-    num_classes: the dataset's classes (label flipping).
+    num_classes: the dataset's classes (label flipping), or None if its
+      labels are not one class per example.
     robust: a robust rule, or None for the mean.
     clients_per_round: the cohort (Multi-Krum's default selection).
     client_dp: a `privacy.ClientLevelPrivacy` for client-level DP, or None.

@@ -355,7 +355,10 @@ def attack_stages(attack: Attack, num_classes: int | None = None
   if attack.name != 'label_flip':
     return (model,)
   if not num_classes:
-    raise ValueError('Label flipping needs the number of classes.')
+    raise SettingError(
+        'attack', 'Label flipping flips class labels: it needs one class '
+        'label per example and their number of classes, which these labels '
+        '(per position, or sets) do not have; choose a model attack.')
   flip = Stage(
       'label flip', 'client', lambda state, packet, key: (packet, state, {}),
       stream=streams.ATTACK, client_inputs=mask,

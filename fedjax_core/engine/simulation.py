@@ -153,15 +153,11 @@ class Simulation:
     self._secure = None
     if config.secure_aggregation is not None:
       self._secure = config.secure_aggregation.config(self._cohort_capacity())
-    if (config.attack is not None and config.attack.name == 'label_flip'
-        and dataset.target_kind != targets.CLASSES):
-      raise SettingError(
-          'attack', f'Label flipping flips class labels, but the labels of '
-          f"{dataset.name} are '{dataset.target_kind}', not one "
-          'class per example; choose a model attack.')
+    classes = dataset.target_kind == targets.CLASSES
     self.channel = assembly.build_chain(
         downlink=config.downlink, uplink=config.uplink, attack=config.attack,
-        num_classes=dataset.num_classes, robust=config.robust,
+        num_classes=dataset.num_classes if classes else None,
+        robust=config.robust,
         clients_per_round=config.clients_per_round,
         client_dp=None if config.client_dp is None else self.privacy,
         secure=self._secure, rqm=config.rqm,
