@@ -104,14 +104,30 @@ class ClientIndices:
     held = np.minimum(np.floor(fraction * sizes).astype(np.int64),
                       np.maximum(sizes - 1, 0))
     client = self.client_of_row()
-    # Shuffle within each client: order by (client, random key).
     noise = np.random.default_rng(seed).random(len(self.rows))
-    order = np.lexsort((noise, client))
-    rank = np.empty(len(order), np.int64)
-    rank[order] = np.arange(len(order)) - self.offsets[client[order]]
-    is_held = rank < held[client]
+    is_held = random_ranks(client, self.offsets, noise) < held[client]
     return (_select(self.rows, client, ~is_held, len(self)),
             _select(self.rows, client, is_held, len(self)))
+
+
+def random_ranks(client: np.ndarray, starts: np.ndarray,
+                 noise: np.ndarray) -> np.ndarray:
+  """Each entry's rank among its client's entries in the order of `noise`
+  (a shuffle within each client).
+
+  Args:
+    client: `[n]` int client of each entry, in `[0, len(starts))`.
+    starts: where each client's entries would start if sorted by client
+      (the cumulative sizes, as `ClientIndices.offsets`).
+    noise: `[n]` random keys.
+
+  Returns:
+    `[n]` int64 ranks, `0..size - 1` within each client.
+  """
+  order = np.lexsort((noise, client))
+  rank = np.empty(len(order), np.int64)
+  rank[order] = np.arange(len(order)) - starts[client[order]]
+  return rank
 
 
 def _select(rows: np.ndarray, client: np.ndarray, keep: np.ndarray,

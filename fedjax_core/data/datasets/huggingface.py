@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 import tqdm
 
 from fedjax_core import streams
+from fedjax_core.data import client_indices
 from fedjax_core.data.federated import CentralDataset
 from fedjax_core.data.datasets.tfds_images import DatasetNotPreparedError
 from fedjax_core.errors import SettingError
@@ -282,11 +283,8 @@ def hold_out_per_client(groups: np.ndarray, seed: int) -> np.ndarray:
                               return_counts=True)
   kept = np.maximum(1, np.floor(TRAIN_FRACTION * sizes).astype(np.int64))
   rng = np.random.default_rng((seed, streams.SPLIT_TEST_ROWS))
-  noise = rng.random(len(groups))
-  order = np.lexsort((noise, group))
-  rank = np.empty(len(groups), np.int64)
-  starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-  rank[order] = np.arange(len(groups)) - starts[group[order]]
+  starts = np.concatenate([[0], np.cumsum(sizes)])
+  rank = client_indices.random_ranks(group, starts, rng.random(len(groups)))
   return rank >= kept[group]
 
 
