@@ -362,6 +362,6 @@ def attack_stages(attack: Attack, num_classes: int | None = None
   flip = Stage(
       'label flip', 'client', lambda state, packet, key: (packet, state, {}),
       stream=streams.ATTACK, client_inputs=mask,
-      relabel=lambda poisoned, y: jnp.where(
-          poisoned, flip_labels(y, num_classes), y))
+      poison=lambda poisoned, x, y: (x, jnp.where(
+          poisoned, flip_labels(y, num_classes), y)))
   return flip, model

@@ -113,8 +113,9 @@ class Stage(NamedTuple):
     needs: what this stage needs of the reducer, e.g. 'sum'.
     client_inputs: 'client' stages: `ctx -> [cohort] pytree` computed on
       the cohort before local training, each client gets its row.
-    relabel: 'client' stages: `(row, y) -> y` on every local batch's
-      labels (data poisoning), or None.
+    poison: 'client' stages: `(row, x, y) -> (x, y)` on every local
+      batch (data poisoning: label flipping, backdoor triggers), x float32
+      after `as_float` and augmentation; or None.
     accountant: host-side privacy accountant (`epsilon(rounds)`), or None.
   """
 
@@ -127,7 +128,8 @@ class Stage(NamedTuple):
   provides: frozenset[str] = frozenset()
   needs: frozenset[str] = frozenset()
   client_inputs: Callable[[RoundContext], PyTree] | None = None
-  relabel: Callable[[PyTree, jax.Array], jax.Array] | None = None
+  poison: Callable[[PyTree, jax.Array, jax.Array],
+                   tuple[jax.Array, jax.Array]] | None = None
   accountant: Any = None
 
 
@@ -179,17 +181,18 @@ class Chain(NamedTuple):
     return tuple(s.client_inputs(ctx._replace(key=_key(ctx.key, s)))
                  if s.client_inputs else () for s in self.of_phase('client'))
 
-  def relabel(self, inputs: tuple, y: jax.Array) -> jax.Array:
-    """One client's labels after every client stage's `relabel`."""
+  def poison(self, inputs: tuple, x: jax.Array, y: jax.Array
+             ) -> tuple[jax.Array, jax.Array]:
+    """One client's batch after every client stage's `poison`."""
     for stage, row in zip(self.of_phase('client'), inputs):
-      if stage.relabel is not None:
-        y = stage.relabel(row, y)
-    return y
+      if stage.poison is not None:
+        x, y = stage.poison(row, x, y)
+    return x, y
 
   @property
-  def relabels(self) -> bool:
-    """Whether any client stage changes the labels clients train on."""
-    return any(s.relabel is not None for s in self.of_phase('client'))
+  def poisons(self) -> bool:
+    """Whether any client stage changes the batches clients train on."""
+    return any(s.poison is not None for s in self.of_phase('client'))
 
   def client(self, state: tuple, packet: Packet, client_key: jax.Array
              ) -> tuple[Packet, tuple, dict[str, jax.Array]]:

@@ -5,7 +5,9 @@ fast choice on GPU and TPU) or fully unrolled (straight-line code: XLA:CPU runs
 convolutions inside loops far slower, jax-ml/jax#12868). Steps without a real
 example leave the local state untouched, so padding never moves the model,
 whatever the optimizer. Inputs are converted to float32 (`data.as_float`)
-and, when asked, augmented per step with a key of their own.
+and, when asked, augmented per step with a key of their own; a data-poisoning
+attack then rewrites the batch (a backdoor's trigger is stamped after
+augmentation, so it is never cropped away).
 """
 
 from typing import Any, Callable
@@ -20,6 +22,7 @@ from fedjax_core.data.federated import as_float
 
 PyTree = Any
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
+PoisonFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
 
 def _kept_if_empty(count: jax.Array, new: PyTree, old: PyTree) -> PyTree:
@@ -37,7 +40,7 @@ def client_update(algorithm: Algorithm, server_state: PyTree,
                   rng: jax.Array, train_x: jax.Array, train_y: jax.Array, *,
                   unroll: bool, skip_empty_steps: bool,
                   augment: AugmentFn | None = None,
-                  relabel: Callable[[jax.Array], jax.Array] | None = None
+                  poison: PoisonFn | None = None
                   ) -> tuple[ClientOutput, ClientInfo, dict[str, jax.Array]]:
   """Runs one client's round: init, local steps, final message.
 
@@ -54,8 +57,8 @@ def client_update(algorithm: Algorithm, server_state: PyTree,
     skip_empty_steps: guard each step so an all-padding step is a no-op
       (needed whenever some steps can be empty).
     augment: `(key, x) -> x` applied to every float batch, or None.
-    relabel: `y -> y` applied to every batch's labels (label-flipping
-      attacks), or None.
+    poison: `(x, y) -> (x, y)` applied to every batch after augmentation
+      (data poisoning: label flipping, backdoor triggers), or None.
 
   Returns:
     The algorithm's `ClientOutput`, the engine's `ClientInfo`, and the
@@ -71,8 +74,8 @@ def client_update(algorithm: Algorithm, server_state: PyTree,
     if augment is not None:
       x = augment(jax.random.fold_in(step_rng, streams.AUGMENT), x)
     y = train_y[step_indices]
-    if relabel is not None:
-      y = relabel(y)
+    if poison is not None:
+      x, y = poison(x, y)
     batch = Batch(x=x, y=y, mask=step_mask)
     new_local, step_metrics = algorithm.local_step(local, batch, step_rng)
     count = jnp.sum(step_mask)

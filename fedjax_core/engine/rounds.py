@@ -161,12 +161,12 @@ class CompiledRound:
     rng = jax.random.fold_in(round_key, client_id)
     has_stages = bool(channel.of_phase('client'))
     inner = client_state.algorithm if has_stages else client_state
-    relabel = None
-    if channel.relabels:
-      relabel = functools.partial(channel.relabel, stage_inputs)
+    poison = None
+    if channel.poisons:
+      poison = functools.partial(channel.poison, stage_inputs)
     output, info, train_metrics = self._client_update(
         sent_state, inner, indices, mask, rng, train_x, train_y,
-        relabel=relabel)
+        poison=poison)
     packet = Packet(output.message, output.weight, {})
     metrics = dict(output.metrics)
     new_state = output.client_state
