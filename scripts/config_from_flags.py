@@ -35,6 +35,7 @@ from fedjax_core.toolkit import dp_sgd
 from fedjax_core.toolkit import lora
 import models
 from scripts import flags as script_flags
+from scripts import flags_backdoor
 
 
 def placement_settings() -> dict:
@@ -167,7 +168,7 @@ def simulation_config(seed: int, workdir: str | None,
       participation=participation(),
       size_buckets=script_flags.SIZE_BUCKETS.value,
       augment=script_flags.AUGMENT.value, **privacy_settings(),
-      **byzantine_settings(),
+      **byzantine_settings(), **flags_backdoor.settings(),
       personal_eval_clients=script_flags.PERSONAL_EVAL_CLIENTS.value)
 
 

@@ -270,10 +270,12 @@ def _seed_means(summaries: dict[str, dict]) -> list[str]:
 
 # Columns a table shows when some run has the summary entry: the mean over
 # clients of the global model's accuracy on their own held-out rows, of
-# their personal models' and of new clients' (personalized).
+# their personal models' and of new clients' (personalized); a backdoor's
+# attack success rate.
 _CLIENT_COLUMNS = (('local acc', 'final_local_test_accuracy_mean'),
                    ('pers acc', 'final_personal_accuracy_mean'),
-                   ('new acc', 'final_newclient_accuracy_mean'))
+                   ('new acc', 'final_newclient_accuracy_mean'),
+                   ('asr', 'final_backdoor_asr'))
 
 
 def format_table(summaries: dict[str, dict]) -> str:

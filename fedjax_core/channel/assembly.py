@@ -1,22 +1,32 @@
 """A run's channel from its settings: which stages, in which order.
 
     broadcast:  downlink compression
-    client:     label flipping, client momentum (MoNNA; DP-BREM, i.e.
-                centered clipping under client-level DP),
+    client:     label flipping, backdoor poisoning, client momentum (MoNNA;
+                DP-BREM, i.e. centered clipping under client-level DP),
                 compression, RQM
-    cohort:     model attacks, centering (DP-BREM), client-level DP
+    cohort:     model attacks, backdoor boost, norm bound, centering
+                (DP-BREM), client-level DP
     reduce:     secure sum | robust rule | mean
 
 Attacks act on the messages as the server receives them (after the
-clients' compression and quantization), before any defence.
+clients' compression and quantization), before any defence: the backdoor's
+boost is the attacker's own scaling of what it sends, so it comes before
+the norm bound, the server's first defence, which must see the boosted
+message to undo the boost. The norm bound comes before client-level DP
+(whose own clipping then bounds already-bounded messages: the tighter bound
+wins), before secure aggregation (which hides the messages, so the bound
+stands for one the clients prove) and before a robust rule (which then
+ranks bounded messages).
 """
 
 import dataclasses
 
 from fedjax_core.channel import aggregation
 from fedjax_core.channel import attacks
+from fedjax_core.channel import backdoor as backdoor_lib
 from fedjax_core.channel import dp
 from fedjax_core.channel import downlink as downlink_lib
+from fedjax_core.channel import norm_bound as norm_bound_lib
 from fedjax_core.channel import rqm as rqm_lib
 from fedjax_core.channel import uplink as uplink_lib
 from fedjax_core.channel.stage import Chain, chain
@@ -55,7 +65,11 @@ def build_chain(*, downlink: uplink_lib.Uplink | None = None,
                 clients_per_round: int | None = None,
                 client_dp=None, secure=None,
                 rqm: rqm_lib.RQMSettings | None = None,
-                rqm_privacy: rqm_lib.RQMPrivacy | None = None) -> Chain:
+                rqm_privacy: rqm_lib.RQMPrivacy | None = None,
+                backdoor: backdoor_lib.Backdoor | None = None,
+                norm_bound: float | None = None,
+                num_clients: int | None = None,
+                example_shape: tuple[int, ...] | None = None) -> Chain:
   """The checked chain of a run's channel.
 
   Args:
@@ -70,6 +84,10 @@ def build_chain(*, downlink: uplink_lib.Uplink | None = None,
     secure: a `secure_aggregation.SecAggConfig`, or None.
     rqm: RQM's settings, or None.
     rqm_privacy: RQM's accountant.
+    backdoor: the backdoor attack, or None.
+    norm_bound: M, the L2 bound of every message, or None.
+    num_clients: the population (the backdoor's attackers).
+    example_shape: one example's shape (the backdoor's trigger).
 
   Examples:
     >>> pipeline = build_chain(uplink=uplink_lib.Uplink('topk'))
@@ -78,6 +96,9 @@ def build_chain(*, downlink: uplink_lib.Uplink | None = None,
   check_robust_dp(robust, None if dp_config is None else dp_config.clip_norm)
   attack_stages = () if attack is None else attacks.attack_stages(
       attack, num_classes)
+  if backdoor is not None:
+    attack_stages += backdoor_lib.backdoor_stages(
+        backdoor, num_clients, example_shape, num_classes)
   stages = []
   if downlink is not None:
     stages.append(downlink_lib.broadcast_stage(downlink))
@@ -93,6 +114,8 @@ def build_chain(*, downlink: uplink_lib.Uplink | None = None,
   if rqm is not None:
     stages.append(rqm_lib.rqm_stage(rqm, rqm_privacy))
   stages += [s for s in attack_stages if s.phase == 'cohort']
+  if norm_bound is not None:
+    stages.append(norm_bound_lib.norm_bound_stage(norm_bound))
   if dp_config is not None:
     if robust is not None:  # DP-BREM's centered clipping.
       stages.append(aggregation.centering_stage())

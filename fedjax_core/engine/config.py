@@ -9,8 +9,10 @@ import jax.numpy as jnp
 from fedjax_core.channel import aggregation
 from fedjax_core.channel import assembly
 from fedjax_core.channel import attacks
+from fedjax_core.channel import backdoor as backdoor_lib
 from fedjax_core.channel import gossip
 from fedjax_core.channel import mixing_weights
+from fedjax_core.channel import norm_bound as norm_bound_lib
 from fedjax_core.channel import peer_robust
 from fedjax_core.channel import privacy
 from fedjax_core.channel import rqm as rqm_lib
@@ -84,6 +86,11 @@ class SimulationConfig:
     personal_eval_clients: how many clients a personalized algorithm's
       evaluation scores, each its own model on its own held-out split (a
       seeded sample, the same every time); 0 scores every client.
+    backdoor: a backdoor attack (`fedjax_core.channel.backdoor`), its
+      attack success rate reported as `backdoor_asr` on evaluated rounds;
+      None: no backdoor.
+    norm_bound: M, the L2 bound the server clips every client's message to
+      (Sun et al. 2019); None: no bound.
   """
 
   num_rounds: int
@@ -112,6 +119,8 @@ class SimulationConfig:
   downlink: uplink_lib.Uplink | None = None
   rqm: rqm_lib.RQMSettings | None = None
   personal_eval_clients: int = 0
+  backdoor: backdoor_lib.Backdoor | None = None
+  norm_bound: float | None = None
 
   def validate(self, num_clients: int | None = None) -> None:
     """Raises `SettingError` naming the first bad setting and its fix;
@@ -163,6 +172,10 @@ class SimulationConfig:
                          f'{self.clients_in_parallel}.')
     if self.robust is not None:
       self.robust.check_cohort(self.clients_per_round)
+    if self.norm_bound is not None:
+      norm_bound_lib.check_bound(self.norm_bound)
+    if self.backdoor is not None and num_clients is not None:
+      self.backdoor.attackers(num_clients)  # As many clients as attackers.
     if self.secure_aggregation is not None and self.participation == 'fixed':
       self.secure_aggregation.check_cohort(self.clients_per_round)
     if self.downlink is not None and self.downlink.momentum is not None:

@@ -57,6 +57,8 @@ _SERVER_SETTINGS = {
     'uplink': 'messages are not compressed between nodes',
     'downlink': 'there is no broadcast',
     'rqm': 'RQM is accounted at a server',
+    'backdoor': 'backdoors are evaluated on a global model',
+    'norm_bound': 'use GossipConfig\'s clipped gossip to bound updates',
 }
 
 

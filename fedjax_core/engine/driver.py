@@ -35,9 +35,9 @@ SUMMARY_FILE = 'summary.json'
 # Evaluation metrics whose last value a summary keeps as `final_KEY`.
 _FINAL_EVALUATION_KEYS = (
     'local_test_accuracy_mean', 'local_test_accuracy_p10',
-    'personal_accuracy_mean', 'personal_accuracy_p10',
-    'personal_accuracy_std', 'newclient_accuracy_mean',
-    'test_accuracy_p10', 'test_accuracy_std', 'average_model_test_accuracy')
+    'personal_accuracy_mean', 'personal_accuracy_p10', 'personal_accuracy_std',
+    'newclient_accuracy_mean', 'test_accuracy_p10', 'test_accuracy_std',
+    'average_model_test_accuracy', 'backdoor_asr')
 
 
 class TrainingDivergedError(FloatingPointError):

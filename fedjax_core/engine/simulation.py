@@ -37,6 +37,7 @@ from fedjax_core.engine.config import SimulationConfig, resolve_loop
 from fedjax_core.errors import SettingError
 # TrainingDivergedError, is_due and summarize are importable from here too.
 from fedjax_core.engine.driver import TrainingDivergedError, is_due, summarize
+from fedjax_core.engine.backdoor_evaluation import BackdoorEvaluator
 from fedjax_core.engine.evaluation import Evaluator
 from fedjax_core.engine.personal_evaluation import ClientEvaluation
 from fedjax_core.engine.state_store import ClientStateStore
@@ -161,7 +162,9 @@ class Simulation:
         clients_per_round=config.clients_per_round,
         client_dp=None if config.client_dp is None else self.privacy,
         secure=self._secure, rqm=config.rqm,
-        rqm_privacy=self.privacy if config.rqm is not None else None)
+        rqm_privacy=self.privacy if config.rqm is not None else None,
+        backdoor=config.backdoor, norm_bound=config.norm_bound,
+        num_clients=dataset.num_clients, example_shape=dataset.example_shape)
     one_client = rounds.initial_client_state(algorithm, self.channel, params,
                                              template)
     self.store = make_store(
@@ -186,6 +189,9 @@ class Simulation:
     self.round_fn = self.compiled_round(algorithm)
     self._evaluator = Evaluator(model.apply, dataset.test_x, dataset.test_y,
                                 config.eval_batch_size)
+    self._backdoor_evaluator = BackdoorEvaluator(
+        model.apply, config.backdoor, dataset.test_x, dataset.test_y,
+        config.eval_batch_size)
     self._client_evaluation = ClientEvaluation(
         algorithm, model.apply, dataset, self._train_x, self._train_y,
         initial_client_state=algorithm.client_state_init(params),
@@ -214,7 +220,7 @@ class Simulation:
     `test_loss` and `test_accuracy` on the test split and, where clients
     hold out local test rows, the mean and 10th percentile over clients of
     the accuracy on their own rows, of the global model and of the
-    clients' personal models (`ClientEvaluation`).
+    clients' personal models (`ClientEvaluation`); a backdoor's success.
     """
     if server_state is None:
       server_state = self.server_state
@@ -222,7 +228,8 @@ class Simulation:
     if jax.process_count() > 1:  # Each process evaluates on its own device.
       params = placement.to_host(params)
     test = self._evaluator(params)
-    metrics = {'test_loss': test['loss'], 'test_accuracy': test['accuracy']}
+    metrics = {'test_loss': test['loss'], 'test_accuracy': test['accuracy'],
+               **self._backdoor_evaluator(params)}
     metrics.update(self._client_evaluation(
         server_state, params, self._algorithm_states, self.completed_rounds,
         jax.random.fold_in(self.rounds_key, self.completed_rounds)))

@@ -23,7 +23,8 @@ from scripts import train
 _FEATURES = ([], ['--aggregator=secure'], ['--dp_clip_norm=1'],
              ['--dp_sgd_clip_norm=1'], ['--aggregator=median'],
              ['--attack=sign_flip'], ['--compressor=topk', '--compress_down'],
-             ['--rqm_clip=0.1'])
+             ['--rqm_clip=0.1'],
+             ['--backdoor=pattern', '--backdoor_attackers=4'])
 # Settings of the SimulationConfig that no flag sets (with what they hold):
 # the uplink's momentum comes from --monna_momentum through `robust`.
 _UNSET = ('eval_batch_size', 'uplink.momentum', 'downlink.momentum')
@@ -56,7 +57,9 @@ def _other_values(flag: flags.Flag) -> list[str]:
     return ['0.5' if value is None else repr(value / 2 if value else 0.25)]
   if kind == 'string':
     return ['other']
-  return []  # A list: --algorithm sets no SimulationConfig field.
+  if kind == 'comma separated list of strings':  # --backdoor_targets.
+    return ['1' if value != ['1'] else '2']
+  return []
 
 
 def _changed(old, new, prefix: str = ''):
