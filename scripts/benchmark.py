@@ -21,7 +21,9 @@ what it runs and what each figure it reports means:
   personal_eval: scoring 1,000 clients' personal models on their own
     held-out rows against one round of a 10-client cohort;
   stackoverflow_shape: loading a generated 342,477-client StackOverflow
-    file, and FedAvg rounds of its LSTM on random tokens.
+    file, and FedAvg rounds of its LSTM on random tokens;
+  inversion: 64 Inverting-Gradients restarts against a CNN gradient,
+    vmapped in one program against 64 sequential runs.
 The placement flags (--loop, --clients_in_parallel, --state_store,
 --mesh_shape, --cpu_devices) apply to every workload.
 
@@ -35,6 +37,7 @@ Examples:
   python -m scripts.benchmark --workload=sweep --json
   python -m scripts.benchmark --workload=gossip
   python -m scripts.benchmark --workload=personal_eval
+  python -m scripts.benchmark --workload=inversion
   python -m scripts.benchmark --workload=mlp --loop=scan --json
 """
 
@@ -53,6 +56,7 @@ from scripts.benchmarks import dp_accounting
 from scripts.benchmarks import fedspeed
 from scripts.benchmarks import gossip
 from scripts.benchmarks import harness
+from scripts.benchmarks import inversion
 from scripts.benchmarks import mlp
 from scripts.benchmarks import personal_eval
 from scripts.benchmarks import population
@@ -69,7 +73,8 @@ _MODULES = {'mlp': mlp, 'cnn_cifar': cnn_cifar, 'resnet18_gn': resnet18_gn,
             'robustness': robustness, 'cohort_assembly': cohort_assembly,
             'sweep': sweep, 'gossip': gossip,
             'personal_eval': personal_eval,
-            'stackoverflow_shape': stackoverflow_shape}
+            'stackoverflow_shape': stackoverflow_shape,
+            'inversion': inversion}
 WORKLOADS = tuple(_MODULES)
 # Workloads whose limits run in a child process, by `limits()`.
 _LIMITED = ('mlp', 'cnn_cifar')

@@ -10,7 +10,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # fedjax_core's layers, lowest first; the top-level modules (algorithm,
 # errors, streams, cohort) are the base every layer may use. `fedjax_core`'s
 # own __init__ is the facade that re-exports from every layer.
-LAYERS = ('', 'data', 'channel', 'toolkit', 'engine', 'experiments')
+LAYERS = ('', 'data', 'channel', 'toolkit', 'engine', 'adversary',
+          'experiments')
 # The distribution's packages, lowest first.
 PACKAGES = ('fedjax_core', 'models', 'algorithms', 'scripts')
 
