@@ -8,9 +8,9 @@ The clients run many local steps on few examples, so an undefended model
 overfits its members (the setting in which the attacks are meaningful).
 
 The `client_update` variant attacks one client's update instead (Nasr et
-al. 2019's loss drop, `shadow_runs.client_update_membership`): the first
-target's first client trains one more round from the final global model,
-and the server scores that client's examples against the target's
+al. 2019's loss drop, `shadow_runs.client_update_membership`): a client
+holding examples the first target never trained on runs one round from the
+final global model, and the server scores them against the target's other
 non-members through what it observes of the message
 (`defences.observed_message`: the cohort's sum under secure aggregation,
 the noised message under DP).
@@ -65,21 +65,28 @@ def _scores(variant: str, confidences: membership.Confidences,
 def _client_update_scores(setup: training.Setup, attack: MembershipSetup,
                           defence: defences.Defence, params, pool,
                           run_data, masks) -> membership.MembershipScores:
-  """Membership in the first run's first client's next update."""
+  """Membership in the update of a client joining the first run: it holds
+  as many of the run's non-members as its first client holds rows, and
+  trains one round from the final global model; the run's other
+  non-members are the non-members. Under secure aggregation its update is
+  summed with those of the run's other clients."""
   model = setup.model_fns
   target = jax.tree.map(lambda p: p[0], params)
   clients = run_data[0].client_indices
+  outs = np.flatnonzero(~masks[0])
+  members, nonmembers = outs[:len(clients[0])], outs[len(clients[0]):]
   deltas = [inversion_objectives.fedavg_delta(
       model.apply, target, pool.train_x[rows], pool.train_y[rows],
       local_steps=attack.local_steps, local_lr=setup.client_lr,
-      batch_size=min(attack.batch_size, len(rows))) for rows in clients]
+      batch_size=min(attack.batch_size, len(rows)))
+            for rows in [members, *list(clients)[1:]]]
   observed = defences.observed_message(
       defence, jax.tree.map(lambda *d: jnp.stack(d), *deltas),
       jax.random.key(setup.seed), dp_clip_norm=setup.dp_clip_norm)
-  members, outs = clients[0], np.flatnonzero(~masks[0])
   return shadow_runs.client_update_membership(
       model.apply, target, observed, pool.train_x[members],
-      pool.train_y[members], pool.train_x[outs], pool.train_y[outs])
+      pool.train_y[members], pool.train_x[nonmembers],
+      pool.train_y[nonmembers])
 
 
 def cells(setup: training.Setup, columns: list[defences.Defence],
