@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import optax
 
 from fedjax_core import errors
+from fedjax_core.adversary import ghost_objectives
 from fedjax_core.adversary import inversion_objectives as objectives
 from fedjax_core.adversary import label_recovery
 
@@ -61,11 +62,19 @@ class InversionConfig:
       (a Python loop over the jitted, vmapped step; XLA:CPU runs convs in
       loops slowly, DESIGN.md).
     restart_chunk: None vmaps all restarts at once; k runs them k at a
-      time (`lax.map` with `batch_size=k`, still one program), which keeps
-      the per-restart gradients in cache on CPU.
+      time (`lax.map` with `batch_size=k`, still one program), for less
+      memory (with `ghost` and `conv_as_matmul`, 8 to 32 of 64 restarts a
+      time measured no faster on 2 CPU cores than all at once).
     conv_as_matmul: run the model's flax `nn.Conv` layers as patch matrix
-      products (`inversion_objectives.conv_as_matmul`): vmapped per-restart
-      conv gradients then become batched matmuls, not grouped convs.
+      products (`inversion_objectives.conv_as_matmul`): on XLA:CPU several
+      times faster for small maps, and vmapped per-restart conv gradients
+      become batched matmuls, not grouped convs.
+    ghost: for 'ig' with `observed='gradient'`, compute the cosine from
+      `ghost_objectives.gradient_products` (the same values, without
+      building the dummy's Dense and Conv kernel gradients). Not used for
+      'fedavg' (many steps) nor for DLG's squared distance, which written
+      as `|g|^2 - 2 <g, G> + |G|^2` would cancel catastrophically in float32
+      near a match.
 
   Examples:
     >>> InversionConfig(method='ig', iterations=200, num_restarts=8)
@@ -85,6 +94,7 @@ class InversionConfig:
   loop: str = 'fori'
   restart_chunk: int | None = None
   conv_as_matmul: bool = False
+  ghost: bool = True
 
   def __post_init__(self):
     for name, valid in (('method', _METHODS), ('loop', _LOOPS),
@@ -159,14 +169,26 @@ def _program(apply_fn, input_shape: tuple[int, ...], num_classes: int,
                   local_lr=config.local_lr,
                   batch_size=config.batch_size or batch))
 
+  def distance(x, targets, params, observed):
+    if (config.ghost and config.observed == 'gradient'
+        and config.method == 'ig'):
+      return objectives.cosine_from_products(
+          *ghost_objectives.gradient_products(
+              apply_fn, params, x,
+              lambda logits: objectives.batch_loss(logits, targets),
+              observed), observed)
+    message = simulate(apply_fn, params, x, targets)
+    if config.method != 'ig':
+      return objectives.squared_distance(message, observed)
+    return objectives.cosine_distance(message, observed)
+
   def objective(dummy, params, observed, labels):
     targets = (jax.nn.softmax(dummy['y']) if config.method == 'dlg'
                else labels)
-    message = simulate(apply_fn, params, dummy['x'], targets)
+    loss = distance(dummy['x'], targets, params, observed)
     if config.method != 'ig':
-      return objectives.squared_distance(message, observed)
-    return (objectives.cosine_distance(message, observed)
-            + config.tv_weight * objectives.total_variation(dummy['x']))
+      return loss
+    return loss + config.tv_weight * objectives.total_variation(dummy['x'])
 
   def init(key):
     x_key, y_key = jax.random.split(key)

@@ -36,7 +36,16 @@ _EPS = 1e-12
 def _mean_loss(apply_fn: ApplyFn, params: PyTree, x: jax.Array,
                targets: jax.Array) -> jax.Array:
   """Batch-mean cross-entropy for integer labels or class probabilities."""
-  logits = apply_fn(params, x)
+  return batch_loss(apply_fn(params, x), targets)
+
+
+def batch_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """The batch-mean cross-entropy of `logits` for `[n]` integer labels or
+  `[n, classes]` class probabilities.
+
+  Examples:
+    >>> batch_loss(jnp.zeros((1, 10)), jnp.array([3]))  # log(10).
+  """
   if targets.ndim == 1:
     return losses.cross_entropy(logits, targets, jnp.ones(targets.shape))
   return optax.softmax_cross_entropy(logits, targets).mean()
@@ -120,6 +129,18 @@ def cosine_distance(a: PyTree, b: PyTree) -> jax.Array:
   return 1.0 - dot / (optax.tree.norm(a) * optax.tree.norm(b) + _EPS)
 
 
+def cosine_from_products(dot: jax.Array, sq_norm: jax.Array,
+                         observed: PyTree) -> jax.Array:
+  """`cosine_distance(a, observed)` from `dot = <a, observed>` and
+  `sq_norm = |a|^2` alone (what `ghost_objectives.gradient_products`
+  gives).
+
+  Examples:
+    >>> cosine_from_products(3.0, 1.0, {'u': jnp.array([3.0, 4.0])})  # 0.4
+  """
+  return 1.0 - dot / (jnp.sqrt(sq_norm) * optax.tree.norm(observed) + _EPS)
+
+
 def total_variation(x: jax.Array) -> jax.Array:
   """The anisotropic total variation of Geiping et al.'s code: the mean
   absolute difference of horizontal neighbours plus that of vertical ones,
@@ -133,27 +154,60 @@ def total_variation(x: jax.Array) -> jax.Array:
   return dx + dy
 
 
-def _conv_interceptor(next_fun, args, kwargs, context):
-  """Runs a plain flax `nn.Conv` call as patches (`lax.
-  conv_general_dilated_patches`) times the reshaped kernel; any other call
-  (or a Conv with groups, dilation or non-string padding) as it is."""
-  module = context.module
-  if (context.method_name != '__call__' or type(module) is not nn.Conv
-      or module.feature_group_count != 1 or kwargs
-      or not isinstance(module.padding, str)
-      or module.kernel_dilation not in (None, 1)
-      or module.input_dilation not in (None, 1)
-      or module.get_variable('params', 'kernel').ndim != 4):
-    return next_fun(*args, **kwargs)
-  kernel = module.get_variable('params', 'kernel')
-  height, width, channels, features = kernel.shape
+def conv_geometry(module: nn.Module, x: jax.Array
+                  ) -> tuple[tuple[int, int], tuple[int, int], str] | None:
+  """`(window, strides, padding)` of a plain 2-D flax `nn.Conv` (no
+  groups, dilation or mask; 'SAME' or 'VALID' padding) applied to a
+  `[n, height, width, channels]` x; None for any other module.
+
+  Examples:
+    >>> conv_geometry(nn.Conv(4, (3, 3)), x)  # ((3, 3), (1, 1), 'SAME')
+  """
+  if (type(module) is not nn.Conv or x.ndim != 4
+      or module.feature_group_count != 1 or module.mask is not None
+      or module.padding not in ('SAME', 'VALID')
+      or module.kernel_dilation not in (None, 1, (1, 1))
+      or module.input_dilation not in (None, 1, (1, 1))
+      or len(module.kernel_size) != 2):
+    return None
   strides = module.strides or 1
   strides = (strides,) * 2 if isinstance(strides, int) else tuple(strides)
-  patches = jax.lax.conv_general_dilated_patches(
-      args[0], (height, width), strides, module.padding,
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  # The patches' features are ordered (channel, row, column).
-  out = patches @ kernel.transpose(2, 0, 1, 3).reshape(-1, features)
+  return tuple(module.kernel_size), strides, module.padding
+
+
+def conv_patches(x: jax.Array, window: tuple[int, int],
+                 strides: tuple[int, int], padding: str) -> jax.Array:
+  """`[n, out_h, out_w, kh * kw * channels]` the input patches of a 2-D
+  convolution of `[n, h, w, channels]` x, features ordered (row, column,
+  channel) like a flax `HWIO` kernel reshaped to `[kh * kw * channels,
+  features]`. Built from strided slices, so its transpose is padding and
+  adds (`lax.conv_general_dilated_patches` is a grouped convolution, slow
+  on XLA:CPU).
+
+  Examples:
+    >>> conv_patches(jnp.ones((1, 4, 4, 2)), (3, 3), (1, 1), 'SAME').shape
+    (1, 4, 4, 18)
+  """
+  pads = jax.lax.padtype_to_pads(x.shape[1:3], window, strides, padding)
+  x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  out = [(x.shape[k + 1] - window[k]) // strides[k] + 1 for k in (0, 1)]
+  return jnp.concatenate([
+      x[:, i:i + (out[0] - 1) * strides[0] + 1:strides[0],
+        j:j + (out[1] - 1) * strides[1] + 1:strides[1]]
+      for i in range(window[0]) for j in range(window[1])], axis=-1)
+
+
+def _conv_interceptor(next_fun, args, kwargs, context):
+  """Runs a plain flax `nn.Conv` call (`conv_geometry`) as its patches
+  times the reshaped kernel; any other call as it is."""
+  module = context.module
+  geometry = (None if context.method_name != '__call__' or kwargs
+              or len(args) != 1 else conv_geometry(module, args[0]))
+  if geometry is None:
+    return next_fun(*args, **kwargs)
+  kernel = module.get_variable('params', 'kernel')
+  out = conv_patches(args[0], *geometry) @ kernel.reshape(
+      -1, kernel.shape[-1])
   if module.use_bias:
     out = out + module.get_variable('params', 'bias')
   return out
@@ -161,9 +215,10 @@ def _conv_interceptor(next_fun, args, kwargs, context):
 
 def conv_as_matmul(apply_fn: ApplyFn) -> ApplyFn:
   """`apply_fn` with its 2-D flax `nn.Conv` layers run as patch matrix
-  products: the same function (up to float rounding), whose gradients with
-  respect to the kernels, vmapped over restarts, are batched matmuls rather
-  than the grouped convolutions XLA:CPU runs slowly (DESIGN.md).
+  products (`conv_patches`): the same function (up to float rounding). On
+  XLA:CPU the matmuls run faster than its convolutions of small maps with
+  shared kernels, and their kernel gradients vmapped over restarts are
+  batched matmuls rather than grouped convolutions (DESIGN.md).
 
   Examples:
     >>> fast_apply = conv_as_matmul(model.apply)
