@@ -98,17 +98,18 @@ def write_image_grid(pairs: dict[str, tuple[np.ndarray, np.ndarray]],
   n = max(len(originals) for originals, _ in pairs.values())
   figure = Figure(figsize=(1.1 * 2 * n + 1.8, 1.2 * len(pairs)))
   FigureCanvasAgg(figure)
+  titled = set()  # Columns whose first image is titled.
   for r, (label, (originals, reconstructed)) in enumerate(pairs.items()):
-    for i in range(2 * n):
+    for i in range(2 * len(originals)):
       axis = figure.add_subplot(len(pairs), 2 * n, r * 2 * n + i + 1)
       axis.set_xticks([])
       axis.set_yticks([])
-      images = reconstructed if i % 2 else originals
-      if i // 2 < len(images):
-        image = np.clip(np.asarray(images[i // 2], np.float32), 0, 1)
-        axis.imshow(image[..., 0] if image.shape[-1] == 1 else image,
-                    cmap='gray', vmin=0, vmax=1)
-      if r == 0:
+      image = np.clip(np.asarray(
+          (reconstructed if i % 2 else originals)[i // 2], np.float32), 0, 1)
+      axis.imshow(image[..., 0] if image.shape[-1] == 1 else image,
+                  cmap='gray', vmin=0, vmax=1)
+      if i not in titled:
+        titled.add(i)
         axis.set_title('reconstructed' if i % 2 else 'original',
                        fontsize=7)
       if i == 0:
