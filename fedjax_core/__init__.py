@@ -9,6 +9,7 @@ from fedjax_core.algorithm import ClientInfo
 from fedjax_core.algorithm import ClientOutput
 from fedjax_core.algorithm import Personalization
 from fedjax_core.channel.attacks import Attack
+from fedjax_core.channel.backdoor import Backdoor
 from fedjax_core.engine.batching import CohortBatches
 from fedjax_core.engine.batching import client_num_steps
 from fedjax_core.engine.batching import cohort_batches
@@ -46,6 +47,7 @@ from fedjax_core.engine.vmapped_runs import VmappedRuns
 __all__ = (
     'Algorithm',
     'Attack',
+    'Backdoor',
     'Batch',
     'CentralDataset',
     'CheckpointMismatchError',
