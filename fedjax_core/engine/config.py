@@ -1,11 +1,13 @@
-"""How a run proceeds: `SimulationConfig`, its data-free validation, and
-the loop strategy 'auto' stands for on this backend."""
+"""How a run proceeds: `SimulationConfig`, its data-free validation and the
+channel its settings build, and the loop strategy 'auto' stands for on this
+backend."""
 
 import dataclasses
 
 import jax
 import jax.numpy as jnp
 
+from fedjax_core import targets
 from fedjax_core.channel import aggregation
 from fedjax_core.channel import assembly
 from fedjax_core.channel import attacks
@@ -17,6 +19,7 @@ from fedjax_core.channel import peer_robust
 from fedjax_core.channel import privacy
 from fedjax_core.channel import rqm as rqm_lib
 from fedjax_core.channel import uplink as uplink_lib
+from fedjax_core.channel.stage import Chain
 from fedjax_core.errors import SettingError
 
 LOOPS = ('auto', 'scan', 'unroll')
@@ -192,6 +195,27 @@ class SimulationConfig:
       raise SettingError(
           'rqm', 'RQM and Gaussian client-level DP each account their own '
           'privacy; their composition is not accounted here. Drop one.')
+
+  def channel(self, dataset, privacy_accountant, secure) -> Chain:
+    """The checked channel of a run of these settings on `dataset`
+    (`assembly.build_chain`).
+
+    Args:
+      dataset: the run's `FederatedDataset`.
+      privacy_accountant: the run's client-level DP or RQM accountant, or
+        None.
+      secure: the run's `secure_aggregation.SecAggConfig`, or None.
+    """
+    classes = dataset.target_kind == targets.CLASSES
+    return assembly.build_chain(
+        downlink=self.downlink, uplink=self.uplink, attack=self.attack,
+        num_classes=dataset.num_classes if classes else None,
+        robust=self.robust, clients_per_round=self.clients_per_round,
+        client_dp=None if self.client_dp is None else privacy_accountant,
+        secure=secure, rqm=self.rqm,
+        rqm_privacy=privacy_accountant if self.rqm is not None else None,
+        backdoor=self.backdoor, norm_bound=self.norm_bound,
+        num_clients=dataset.num_clients, example_shape=dataset.example_shape)
 
 
 def resolve_loop(loop: str, clients_in_parallel: int | None, apply_fn,

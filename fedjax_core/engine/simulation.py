@@ -4,8 +4,8 @@ Each round: sample the cohort (a pure function of seed and round), gather its
 client state, build its padded batches, run the compiled round and scatter
 the new client state. The driver (`fedjax_core.engine.driver`) runs the
 loop around the rounds: every few rounds it evaluates, logs and
-checkpoints, and a run
-given a workdir resumes from its newest readable checkpoint.
+checkpoints, and a run given a workdir resumes from its newest readable
+checkpoint.
 """
 
 import math
@@ -17,9 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fedjax_core import targets
 from fedjax_core.algorithm import Algorithm
-from fedjax_core.channel import assembly
 from fedjax_core.channel import privacy
 from fedjax_core.channel import rqm as rqm_lib
 from fedjax_core.channel import secagg_protocol
@@ -154,17 +152,7 @@ class Simulation:
     self._secure = None
     if config.secure_aggregation is not None:
       self._secure = config.secure_aggregation.config(self._cohort_capacity())
-    classes = dataset.target_kind == targets.CLASSES
-    self.channel = assembly.build_chain(
-        downlink=config.downlink, uplink=config.uplink, attack=config.attack,
-        num_classes=dataset.num_classes if classes else None,
-        robust=config.robust,
-        clients_per_round=config.clients_per_round,
-        client_dp=None if config.client_dp is None else self.privacy,
-        secure=self._secure, rqm=config.rqm,
-        rqm_privacy=self.privacy if config.rqm is not None else None,
-        backdoor=config.backdoor, norm_bound=config.norm_bound,
-        num_clients=dataset.num_clients, example_shape=dataset.example_shape)
+    self.channel = config.channel(dataset, self.privacy, self._secure)
     one_client = rounds.initial_client_state(algorithm, self.channel, params,
                                              template)
     self.store = make_store(
