@@ -149,6 +149,29 @@ def clip_update(update: PyTree, clip_norm: jax.Array, per_layer: bool = False
   return jax.tree.map(lambda x: x * scale.astype(x.dtype), update), norm
 
 
+def clip_cohort(messages: PyTree, clip_norm: jax.Array, counted: jax.Array,
+                per_layer: bool = False
+                ) -> tuple[PyTree, jax.Array, jax.Array]:
+  """Every message of a cohort (leading axis) clipped by `clip_update`.
+
+  Args:
+    messages: the cohort's messages, stacked.
+    clip_norm: S.
+    counted: `[cohort]` float, 1 for the clients the share counts.
+    per_layer: clip each layer to S / sqrt(L).
+
+  Returns:
+    The clipped messages, `[cohort]` float 1 where a message's norm was at
+    most S, and the share of the counted clients whose message was clipped.
+  """
+  clipped, norms = jax.vmap(
+      lambda m: clip_update(m, clip_norm, per_layer))(messages)
+  unclipped = (norms <= clip_norm).astype(jnp.float32)
+  share = (jnp.sum(counted * (1 - unclipped))
+           / jnp.maximum(jnp.sum(counted), 1.0))
+  return clipped, unclipped, share
+
+
 def _clip_array(x: jax.Array, bound: jax.Array) -> jax.Array:
   norm = jnp.linalg.norm(x.ravel())
   return x * jnp.minimum(1.0, bound / (norm + _NORM_EPS)).astype(x.dtype)
@@ -222,12 +245,9 @@ def client_dp_stage(config: DPConfig, accountant=None) -> Stage:
   def apply(state, packets, ctx):
     clip_norm = clip_norm_of(state)
     counted = ctx.arrived.astype(jnp.float32)
-    messages, norms = jax.vmap(
-        lambda m: clip_update(m, clip_norm, config.per_layer))(
-            packets.message)
-    unclipped = (norms <= clip_norm).astype(jnp.float32)
-    metrics = {'dp_clipped_fraction': jnp.sum(counted * (1 - unclipped))
-                                      / jnp.maximum(jnp.sum(counted), 1.0),
+    messages, unclipped, clipped_fraction = clip_cohort(
+        packets.message, clip_norm, counted, config.per_layer)
+    metrics = {'dp_clipped_fraction': clipped_fraction,
                'dp_clip_norm': clip_norm}
     tallies = dict(packets.tallies)
     if config.adaptive:

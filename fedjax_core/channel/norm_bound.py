@@ -4,14 +4,13 @@ The defence of Sun, Kairouz, Suresh and McMahan, 2019, "Can You Really
 Backdoor Federated Learning?" (arXiv:1911.07963): a backdoor needs either
 large (boosted) updates or many attackers; bounding every update's norm
 before averaging takes the boost away at little cost to the clean task.
-It is client-level DP's clipping (`dp.clip_update`, flat) without the
+It is client-level DP's clipping (`dp.clip_cohort`, flat) without the
 noise, as a 'cohort' stage that runs before the reduction. Under secure
 aggregation the server cannot see the messages, so there the bound stands
 for a norm the clients prove (e.g. in zero knowledge) rather than one the
 server enforces.
 """
 
-import jax
 import jax.numpy as jnp
 
 from fedjax_core.channel import dp
@@ -38,10 +37,8 @@ def norm_bound_stage(bound: float) -> Stage:
   check_bound(bound)
 
   def apply(state, packets, ctx):
-    clipped, norms = jax.vmap(lambda m: dp.clip_update(m, bound))(
-        packets.message)
-    real = ctx.is_real.astype(jnp.float32)
-    share = jnp.sum(real * (norms > bound)) / jnp.maximum(jnp.sum(real), 1.0)
+    clipped, _, share = dp.clip_cohort(packets.message, bound,
+                                       ctx.is_real.astype(jnp.float32))
     return (packets._replace(message=clipped), state,
             {'norm_bound_clipped': share})
 
